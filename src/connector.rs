@@ -1,0 +1,310 @@
+//! Connectors: sources and sinks built from their string options.
+//!
+//! SQL (`CREATE TABLE ... WITH (...)`) and the DataFrame API (`.format(..).option(..)`) both end up
+//! here, so both accept the same option names with the same checks. Unknown options and bad values
+//! are refused with an error that names the option and lists what is valid.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::error::{Error, Result};
+use crate::query::Trigger;
+use crate::sink::{ConsoleSink, OutputMode};
+use crate::source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, RateSource, Source};
+
+/// A connector's name and the options it accepts.
+type Connector = (&'static str, &'static [&'static str]);
+
+/// Source connectors and the options each accepts.
+const SOURCE_CONNECTORS: &[Connector] = &[
+    ("files", &["path", "format", "max_files_per_trigger", "mode", "header", "delimiter"]),
+    ("memory", &[]),
+    ("rate", &["rows_per_second"]),
+];
+
+/// Sink connectors and the options each accepts, besides [`QUERY_OPTIONS`].
+const SINK_CONNECTORS: &[Connector] = &[("console", &["num_rows", "truncate"]), ("memory", &[])];
+
+/// Options of the streaming query that writes to a sink, valid for every sink.
+const QUERY_OPTIONS: &[&str] = &["output_mode", "trigger", "checkpoint_location", "query_name"];
+
+/// Option names are case-insensitive; values are kept as written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Where the options come from, for error messages, e.g. `stream 'events'`.
+    context: String,
+    values: BTreeMap<String, String>,
+}
+
+impl Options {
+    pub(crate) fn new(context: impl Into<String>) -> Self {
+        Options {
+            context: context.into(),
+            values: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn insert(&mut self, key: &str, value: impl Into<String>) {
+        self.values.insert(key.to_ascii_lowercase(), value.into());
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::option(self.context.clone(), message)
+    }
+
+    /// The `connector` option, checked against `connectors`, with the options that connector takes.
+    fn connector(&self, connectors: &[Connector]) -> Result<Connector> {
+        let names: Vec<&str> = connectors.iter().map(|(n, _)| *n).collect();
+        let given = self
+            .get("connector")
+            .ok_or_else(|| self.error(format!("option 'connector' is required; one of: {}", names.join(", "))))?;
+        connectors
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(given.trim()))
+            .copied()
+            .ok_or_else(|| self.error(format!("connector '{given}' is not known here; one of: {}", names.join(", "))))
+    }
+
+    /// Refuses options outside `valid`, listing the valid ones.
+    fn check_known(&self, connector: &str, valid: &[&str]) -> Result<()> {
+        for key in self.values.keys() {
+            if key != "connector" && !valid.contains(&key.as_str()) {
+                let mut all: Vec<&str> = std::iter::once("connector").chain(valid.iter().copied()).collect();
+                all.sort_unstable();
+                return Err(self.error(format!(
+                    "unknown option '{key}' for connector '{connector}'; valid options: {}",
+                    all.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Result<Option<T>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        choices
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(value.trim()))
+            .map(|(_, v)| Some(*v))
+            .ok_or_else(|| {
+                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+                self.error(format!("option '{key}' = '{value}' is not valid; one of: {}", names.join(", ")))
+            })
+    }
+
+    fn positive(&self, key: &str) -> Result<Option<usize>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        match value.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(self.error(format!("option '{key}' = '{value}' must be a whole number above 0"))),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        self.choice(key, &[("true", true), ("false", false)])
+    }
+
+    fn required(&self, key: &str) -> Result<&str> {
+        self.get(key).ok_or_else(|| self.error(format!("option '{key}' is required")))
+    }
+}
+
+impl Options {
+    /// Whether a `CREATE TABLE ... WITH` declares a sink rather than a stream: a console table is
+    /// a sink and a rate table a stream; otherwise a table with columns is a stream and one
+    /// without is a sink (its columns are those of the query writing to it).
+    pub(crate) fn is_sink(&self, has_columns: bool) -> bool {
+        match self.get("connector").map(|c| c.trim().to_ascii_lowercase()) {
+            Some(c) if c == "console" => true,
+            Some(c) if c == "rate" => false,
+            _ => !has_columns,
+        }
+    }
+}
+
+/// A built source, with the push handle when it is a memory stream.
+pub(crate) type BuiltSource = (Arc<dyn Source>, Option<MemoryStream>);
+
+/// Builds the source of a stream. `schema` is the declared column list (`None` when there is none).
+pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Result<BuiltSource> {
+    let (connector, valid) = options.connector(SOURCE_CONNECTORS)?;
+    options.check_known(connector, valid)?;
+    match connector {
+        "files" => {
+            let format = options
+                .choice("format", &[("json", 0), ("csv", 1), ("parquet", 2), ("text", 3)])?
+                .ok_or_else(|| options.error("option 'format' is required; one of: json, csv, parquet, text"))?;
+            if format != 1 && (options.get("header").is_some() || options.get("delimiter").is_some()) {
+                return Err(options.error("options 'header' and 'delimiter' only apply to format 'csv'"));
+            }
+            let format = match format {
+                0 => FileFormat::Json,
+                1 => FileFormat::Csv {
+                    header: options.boolean("header")?.unwrap_or(false),
+                    delimiter: delimiter(options)?,
+                },
+                2 => FileFormat::Parquet,
+                _ => FileFormat::Text,
+            };
+            let schema = match (schema, &format) {
+                (Some(schema), _) => schema,
+                (None, FileFormat::Text) => Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)])),
+                (None, _) => return Err(options.error("a files stream needs a column list, e.g. CREATE TABLE t (a INT, b VARCHAR) WITH (...)")),
+            };
+            let mode = options
+                .choice(
+                    "mode",
+                    &[
+                        ("permissive", MalformedMode::Permissive),
+                        ("drop_malformed", MalformedMode::DropMalformed),
+                        ("fail_fast", MalformedMode::FailFast),
+                    ],
+                )?
+                .unwrap_or_default();
+            let config = FilesSourceConfig {
+                path: options.required("path")?.to_string(),
+                format,
+                schema,
+                max_files_per_trigger: options.positive("max_files_per_trigger")?,
+                mode,
+            };
+            Ok((Arc::new(FilesSource::try_new(config).map_err(|e| options.error(e.to_string()))?), None))
+        }
+        "memory" => {
+            let schema = schema.ok_or_else(|| options.error("a memory stream needs a column list"))?;
+            let stream = MemoryStream::new(schema);
+            Ok((Arc::new(stream.clone()), Some(stream)))
+        }
+        _ => {
+            if schema.is_some() {
+                return Err(options.error("the rate source has fixed columns (timestamp, value): leave out the column list"));
+            }
+            let rows_per_second = options.positive("rows_per_second")?.unwrap_or(1) as u64;
+            Ok((Arc::new(RateSource::new(rows_per_second)), None))
+        }
+    }
+}
+
+fn delimiter(options: &Options) -> Result<u8> {
+    match options.get("delimiter") {
+        None => Ok(b','),
+        Some(d) if d.len() == 1 => Ok(d.as_bytes()[0]),
+        Some("\\t") => Ok(b'\t'),
+        Some(d) => Err(options.error(format!("option 'delimiter' = '{d}' must be a single character"))),
+    }
+}
+
+/// How a streaming query runs and where its output goes, from a sink's options.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkDefinition {
+    pub(crate) name: String,
+    pub(crate) kind: SinkKind,
+    pub(crate) query: QueryOptions,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum SinkKind {
+    Console { num_rows: usize, truncate: bool },
+    Memory,
+}
+
+/// The options of the query that writes to a sink.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueryOptions {
+    pub(crate) output_mode: OutputMode,
+    pub(crate) trigger: Trigger,
+    pub(crate) checkpoint_location: Option<String>,
+    pub(crate) query_name: Option<String>,
+}
+
+/// Reads a sink's options.
+pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefinition> {
+    let (connector, own) = options.connector(SINK_CONNECTORS)?;
+    let valid: Vec<&str> = own.iter().chain(QUERY_OPTIONS).copied().collect();
+    options.check_known(connector, &valid)?;
+    let kind = match connector {
+        "console" => SinkKind::Console {
+            num_rows: options.positive("num_rows")?.unwrap_or(20),
+            truncate: options.boolean("truncate")?.unwrap_or(true),
+        },
+        _ => SinkKind::Memory,
+    };
+    let output_mode = options
+        .choice(
+            "output_mode",
+            &[("append", OutputMode::Append), ("update", OutputMode::Update), ("complete", OutputMode::Complete)],
+        )?
+        .unwrap_or_default();
+    let trigger = match options.get("trigger") {
+        None => Trigger::default(),
+        Some(text) => parse_trigger(text).map_err(|m| options.error(format!("option 'trigger' = '{text}': {m}")))?,
+    };
+    Ok(SinkDefinition {
+        name: name.to_string(),
+        kind,
+        query: QueryOptions {
+            output_mode,
+            trigger,
+            checkpoint_location: options.get("checkpoint_location").map(str::to_string),
+            query_name: options.get("query_name").map(str::to_string),
+        },
+    })
+}
+
+impl SinkDefinition {
+    /// The console sink, when this is one (the memory sink is made when its query starts, once
+    /// the output schema is known).
+    pub(crate) fn console(&self) -> Option<ConsoleSink> {
+        match self.kind {
+            SinkKind::Console { num_rows, truncate } => Some(ConsoleSink::new(num_rows, truncate)),
+            SinkKind::Memory => None,
+        }
+    }
+}
+
+/// Parses a trigger: `available_now`, `once`, or a processing-time interval such as `'2 seconds'`.
+pub(crate) fn parse_trigger(text: &str) -> std::result::Result<Trigger, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "available_now" | "availablenow" => Ok(Trigger::AvailableNow),
+        "once" => Ok(Trigger::Once),
+        _ => parse_duration(text)
+            .map(Trigger::ProcessingTime)
+            .map_err(|m| format!("{m}; a trigger is available_now, once, or an interval such as '2 seconds'")),
+    }
+}
+
+/// Parses a duration such as `'10 seconds'`, `'1 hour'`, `'500 milliseconds'` or `'1 day 2 hours'`.
+///
+/// # Examples
+/// ```
+/// # use std::time::Duration;
+/// # use tidewater::parse_duration;
+/// assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
+/// assert_eq!(parse_duration("1 hour"), Ok(Duration::from_secs(3600)));
+/// assert!(parse_duration("1 month").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let interval = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text.trim())
+        .map_err(|_| format!("'{text}' is not a duration (e.g. '10 seconds', '5 minutes', '1 hour')"))?;
+    if interval.months != 0 {
+        return Err(format!(
+            "'{text}' has months or years, whose length varies; use days, hours, minutes, seconds or milliseconds"
+        ));
+    }
+    let nanos = interval.days as i128 * 86_400_000_000_000 + interval.nanoseconds as i128;
+    if nanos < 0 {
+        return Err(format!("'{text}' is negative"));
+    }
+    Ok(Duration::from_nanos(nanos as u64))
+}

@@ -1,0 +1,164 @@
+//! The one error type of the library.
+//!
+//! Every failure a user can cause names *what* and *where*: the option, the file and line, the
+//! statement, the batch. [`Error::kind`] tells a caller whether to fix the input
+//! ([`ErrorKind::User`]), look at something outside Tidewater ([`ErrorKind::External`]), or report a
+//! bug ([`ErrorKind::Internal`]).
+
+use datafusion::error::DataFusionError;
+
+/// Result alias used throughout Tidewater.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who has to act on an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The query, an option or the input data is wrong; the message says where.
+    User,
+    /// Something outside Tidewater failed: a file system, a network, a database.
+    External,
+    /// A bug in Tidewater.
+    Internal,
+}
+
+/// Everything that can go wrong in Tidewater.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `WITH (...)` option or a builder option is unknown or has a bad value.
+    #[error("{context}: {message}")]
+    Option {
+        /// Where the option was given, e.g. `stream 'events' (connector 'files')`.
+        context: String,
+        /// What is wrong, listing the valid choices.
+        message: String,
+    },
+
+    /// A statement or query that Tidewater cannot run as written.
+    #[error("{0}")]
+    Plan(String),
+
+    /// A record in an input file could not be read in `fail_fast` mode, or a whole file is unreadable.
+    #[error("{file}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Input {
+        /// The file (path or URL) the record came from.
+        file: String,
+        /// 1-based line number, when the format has lines.
+        line: Option<u64>,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A statement of a SQL script failed; wraps the cause with the statement's position.
+    #[error("statement {index} (line {line}): {source}")]
+    Statement {
+        /// 1-based position of the statement in the script.
+        index: usize,
+        /// 1-based line on which the statement starts.
+        line: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A streaming query failed while running a batch.
+    #[error("query '{query}' failed in batch {batch_id}: {source}")]
+    Query {
+        /// The query's name or id.
+        query: String,
+        /// The batch that failed.
+        batch_id: u64,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The error that ended a streaming query, as seen through its handle.
+    #[error(transparent)]
+    Terminated(std::sync::Arc<Error>),
+
+    /// An error from DataFusion or Arrow (planning or execution).
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+
+    /// An error from the object store that holds input files.
+    #[error("{context}: {source}")]
+    ObjectStore {
+        /// What Tidewater was doing, e.g. `listing 'data/events'`.
+        context: String,
+        /// The store's error.
+        #[source]
+        source: datafusion::object_store::Error,
+    },
+
+    /// An I/O error with the path it happened on.
+    #[error("{context}: {source}")]
+    Io {
+        /// What Tidewater was doing, with the path.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A bug: an invariant of Tidewater did not hold. Please report it.
+    #[error("internal error (this is a bug in Tidewater, please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Who has to act on this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Option { .. } | Error::Plan(_) | Error::Input { .. } => ErrorKind::User,
+            Error::Statement { source, .. } | Error::Query { source, .. } => source.kind(),
+            Error::Terminated(source) => source.kind(),
+            Error::DataFusion(e) => match e.find_root() {
+                DataFusionError::Internal(_) => ErrorKind::Internal,
+                DataFusionError::IoError(_) | DataFusionError::ObjectStore(_) => ErrorKind::External,
+                DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+                    Some(ours) => ours.kind(),
+                    None => ErrorKind::External,
+                },
+                _ => ErrorKind::User,
+            },
+            Error::ObjectStore { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Shorthand for an option error.
+    pub(crate) fn option(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Option {
+            context: context.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for a plan error.
+    pub(crate) fn plan(message: impl Into<String>) -> Self {
+        Error::Plan(message.into())
+    }
+
+    /// Wraps our error for a trip through a DataFusion stream; [`Error::from_datafusion`] unwraps it.
+    pub(crate) fn into_datafusion(self) -> DataFusionError {
+        match self {
+            Error::DataFusion(e) => e,
+            other => DataFusionError::External(Box::new(other)),
+        }
+    }
+
+    /// Takes back an error of ours that travelled through DataFusion, so it keeps its message.
+    pub(crate) fn from_datafusion(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => Error::DataFusion(DataFusionError::External(other)),
+            },
+            DataFusionError::Context(ctx, inner) => match Error::from_datafusion(*inner) {
+                Error::DataFusion(e) => Error::DataFusion(DataFusionError::Context(ctx, Box::new(e))),
+                ours => ours,
+            },
+            other => Error::DataFusion(other),
+        }
+    }
+}

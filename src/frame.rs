@@ -1,0 +1,253 @@
+//! The Rust DataFrame API for streams, shaped like Spark's `readStream` / `writeStream`.
+//!
+//! A [`StreamingDataFrame`] is a DataFusion `DataFrame` over streams: the familiar verbs build the
+//! same logical plan SQL would, and [`DataStreamWriter::start`] runs it as a streaming query.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::DFSchema;
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+
+use crate::connector::{self, Options};
+use crate::error::{Error, Result};
+use crate::query::{StreamingQuery, Trigger};
+use crate::session::StreamingSession;
+use crate::sink::OutputMode;
+
+/// Describes a stream to read: `session.read_stream().format("json").schema(s).load("dir")`.
+#[derive(Debug)]
+pub struct DataStreamReader {
+    session: StreamingSession,
+    format: Option<String>,
+    schema: Option<SchemaRef>,
+    options: Vec<(String, String)>,
+}
+
+impl DataStreamReader {
+    pub(crate) fn new(session: StreamingSession) -> Self {
+        DataStreamReader {
+            session,
+            format: None,
+            schema: None,
+            options: Vec::new(),
+        }
+    }
+
+    /// `json`, `csv`, `parquet` or `text` for files in a directory; `rate` for generated rows.
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = Some(format.to_string());
+        self
+    }
+
+    /// The columns to read (not needed for `text` and `rate`).
+    pub fn schema(mut self, schema: SchemaRef) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// A source option, with the same names as in SQL (`max_files_per_trigger`, `mode`, ...).
+    pub fn option(mut self, key: &str, value: impl ToString) -> Self {
+        self.options.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// A stream over the files landing in directory `path`.
+    ///
+    /// # Errors
+    /// A missing format or schema, or a bad option.
+    pub async fn load(self, path: &str) -> Result<StreamingDataFrame> {
+        let mut options = self.options("read_stream()")?;
+        options.insert("connector", "files");
+        options.insert("path", path);
+        let (source, _) = connector::build_source(&options, self.schema)?;
+        self.session.anonymous_stream(source).await
+    }
+
+    /// A stream that takes no path, such as `rate`.
+    ///
+    /// # Errors
+    /// A format that needs a path, or a bad option.
+    pub async fn start(self) -> Result<StreamingDataFrame> {
+        let mut options = self.options("read_stream()")?;
+        let format = self.format.clone().unwrap_or_default();
+        options.insert("connector", format);
+        let (source, _) = connector::build_source(&options, self.schema)?;
+        self.session.anonymous_stream(source).await
+    }
+
+    fn options(&self, context: &str) -> Result<Options> {
+        let mut options = Options::new(context);
+        let format = self
+            .format
+            .as_deref()
+            .ok_or_else(|| Error::option(context, "format(...) is required: json, csv, parquet, text or rate"))?;
+        if format != "rate" {
+            options.insert("format", format);
+        }
+        for (k, v) in &self.options {
+            options.insert(k, v.clone());
+        }
+        Ok(options)
+    }
+}
+
+/// A DataFrame over one or more streams. Build it with the DataFusion verbs, then
+/// [`write_stream`](StreamingDataFrame::write_stream).
+#[derive(Debug, Clone)]
+pub struct StreamingDataFrame {
+    session: StreamingSession,
+    df: DataFrame,
+}
+
+impl StreamingDataFrame {
+    pub(crate) fn new(session: StreamingSession, df: DataFrame) -> Self {
+        StreamingDataFrame { session, df }
+    }
+
+    fn map(self, f: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>) -> Result<Self> {
+        Ok(StreamingDataFrame {
+            df: f(self.df)?,
+            session: self.session,
+        })
+    }
+
+    /// Keeps these columns.
+    pub fn select_columns(self, columns: &[&str]) -> Result<Self> {
+        self.map(|df| df.select_columns(columns))
+    }
+
+    /// Computes these expressions.
+    pub fn select(self, exprs: Vec<Expr>) -> Result<Self> {
+        self.map(|df| df.select(exprs))
+    }
+
+    /// Keeps the rows where `predicate` is true.
+    pub fn filter(self, predicate: Expr) -> Result<Self> {
+        self.map(|df| df.filter(predicate))
+    }
+
+    /// Adds (or replaces) a column.
+    pub fn with_column(self, name: &str, expr: Expr) -> Result<Self> {
+        self.map(|df| df.with_column(name, expr))
+    }
+
+    /// Renames a column.
+    pub fn with_column_renamed(self, old: &str, new: &str) -> Result<Self> {
+        self.map(|df| df.with_column_renamed(old, new))
+    }
+
+    /// Drops columns.
+    pub fn drop_columns(self, columns: &[&str]) -> Result<Self> {
+        self.map(|df| df.drop_columns(columns))
+    }
+
+    /// Rows of both frames (`UNION ALL`).
+    pub fn union(self, other: StreamingDataFrame) -> Result<Self> {
+        self.map(|df| df.union(other.df))
+    }
+
+    /// Any other DataFusion DataFrame operation, e.g. a join with a static table.
+    pub fn transform(self, f: impl FnOnce(DataFrame) -> datafusion::error::Result<DataFrame>) -> Result<Self> {
+        self.map(f)
+    }
+
+    /// The columns of the result.
+    pub fn schema(&self) -> &DFSchema {
+        self.df.schema()
+    }
+
+    /// The logical plan, as DataFusion sees it.
+    pub fn logical_plan(&self) -> &LogicalPlan {
+        self.df.logical_plan()
+    }
+
+    /// Starts describing where the results go.
+    pub fn write_stream(self) -> DataStreamWriter {
+        DataStreamWriter {
+            session: self.session,
+            plan: self.df.into_unoptimized_plan(),
+            format: "console".to_string(),
+            options: Vec::new(),
+            output_mode: None,
+            trigger: None,
+            query_name: None,
+        }
+    }
+}
+
+/// Describes the sink of a streaming query: `.format("memory").query_name("q").start()`.
+#[derive(Debug)]
+pub struct DataStreamWriter {
+    session: StreamingSession,
+    plan: LogicalPlan,
+    format: String,
+    options: Vec<(String, String)>,
+    output_mode: Option<OutputMode>,
+    trigger: Option<Trigger>,
+    query_name: Option<String>,
+}
+
+impl DataStreamWriter {
+    /// `console` (the default) or `memory`.
+    pub fn format(mut self, format: &str) -> Self {
+        self.format = format.to_string();
+        self
+    }
+
+    /// A sink option, with the same names as in SQL (`num_rows`, `truncate`, `checkpoint_location`).
+    pub fn option(mut self, key: &str, value: impl ToString) -> Self {
+        self.options.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The output mode (append by default).
+    pub fn output_mode(mut self, mode: OutputMode) -> Self {
+        self.output_mode = Some(mode);
+        self
+    }
+
+    /// When batches run (as soon as data is there, by default).
+    pub fn trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = Some(trigger);
+        self
+    }
+
+    /// The query's name; for the memory sink also the name of the result table.
+    pub fn query_name(mut self, name: &str) -> Self {
+        self.query_name = Some(name.to_string());
+        self
+    }
+
+    /// Starts the query.
+    ///
+    /// # Errors
+    /// A bad option, a memory sink without a query name, or a query the output mode cannot serve.
+    pub async fn start(self) -> Result<StreamingQuery> {
+        let mut options = Options::new("write_stream()");
+        options.insert("connector", self.format.clone());
+        for (k, v) in &self.options {
+            options.insert(k, v.clone());
+        }
+        if let Some(name) = &self.query_name {
+            options.insert("query_name", name.clone());
+        }
+        let name = match (&self.query_name, self.format.eq_ignore_ascii_case("memory")) {
+            (Some(name), _) => name.clone(),
+            (None, true) => {
+                return Err(Error::option(
+                    "write_stream()",
+                    "the memory sink needs query_name(...): it names the result table",
+                ));
+            }
+            (None, false) => self.format.clone(),
+        };
+        let mut definition = connector::sink_definition(&name, &options)?;
+        if let Some(mode) = self.output_mode {
+            definition.query.output_mode = mode;
+        }
+        if let Some(trigger) = self.trigger {
+            definition.query.trigger = trigger;
+        }
+        self.session.start_query(self.plan, definition).await
+    }
+}

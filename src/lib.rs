@@ -1,0 +1,86 @@
+//! # Tidewater
+//!
+//! A structured streaming SQL engine on [DataFusion](datafusion). A stream is an unbounded,
+//! append-only table; a streaming query is an ordinary SQL or DataFrame query over it, and its
+//! result is kept up to date batch by batch, as in Apache Spark Structured Streaming.
+//!
+//! ```text
+//! source ──offsets──▶ driver loop ──batch N──▶ bound batch plan ──▶ sink.add_batch(N)
+//!    ▲                    │                    (DataFusion)              │
+//!    └──── read(start, end) ◀──────── offsets committed after the sink ◀─┘
+//! ```
+//!
+//! # Examples
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> tidewater::Result<()> {
+//! use tidewater::StreamingSession;
+//! use tidewater::arrow::array::{Int32Array, RecordBatch, StringArray};
+//! use std::sync::Arc;
+//!
+//! let session = StreamingSession::new();
+//! session.run_script("
+//!     CREATE TABLE events (phone_id INT, action VARCHAR) WITH (connector = 'memory');
+//!     CREATE TABLE opens WITH (connector = 'memory');
+//! ").await?;
+//! let events = session.memory_stream("events")?;
+//! let query = session.run_script(
+//!     "INSERT INTO opens SELECT upper(action) AS action, phone_id FROM events WHERE phone_id > 10",
+//! ).await?;
+//! let tidewater::StatementOutcome::Started(query) = &query[0] else { unreachable!() };
+//!
+//! let schema = tidewater::Source::schema(&events);
+//! events.add_batch(RecordBatch::try_new(schema, vec![
+//!     Arc::new(Int32Array::from(vec![5, 11])),
+//!     Arc::new(StringArray::from(vec!["open", "close"])),
+//! ]).unwrap())?;
+//! query.process_all_available().await?;
+//!
+//! let rows = session.sql("SELECT action, phone_id FROM opens").await?.collect().await?;
+//! assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+//! query.stop().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//! - [`session`](StreamingSession): the entry point; a DataFusion context plus streams, sinks and
+//!   queries. Composes everything below.
+//! - `sql`: splitting scripts, `CREATE TABLE ... WITH`, the `WATERMARK` clause. Uses `connector`.
+//! - `connector`: sources and sinks from their string options; the one place that knows option
+//!   names. Uses `source`, `sink`.
+//! - `frame`: the DataFrame API (`read_stream`, `write_stream`). Uses `session`, `connector`.
+//! - `planner`: incrementalization: which queries can run on streams, and the plan bound to each
+//!   batch's rows. No I/O. Uses `source` (for scans).
+//! - `source`: the [`Source`] trait and the files, memory and rate sources. Depends on `error` only.
+//! - `sink`: the [`Sink`] trait and the console and memory sinks. Depends on `error` only.
+//! - `query`: the only module with tasks and time: the micro-batch loop, the
+//!   [`StreamingQuery`] handle, progress. Uses `planner`, `source`, `sink`.
+//! - `error`: the one error type.
+
+pub(crate) mod connector;
+mod error;
+mod frame;
+pub(crate) mod planner;
+mod query;
+mod session;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod sql;
+
+pub use connector::parse_duration;
+pub use error::{Error, ErrorKind, Result};
+pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame};
+pub use query::{
+    SinkProgress, SourceProgress, StateOperatorProgress, StreamingQuery, StreamingQueryProgress, StreamingQueryStatus,
+    Trigger,
+};
+pub use session::{StatementOutcome, StreamingSession};
+pub use sink::{ConsoleSink, MemorySink, OutputMode, Sink};
+pub use source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, Offset, RateSource, ReadLimit, Source};
+pub use sql::Watermark;
+
+/// The Arrow version Tidewater and DataFusion use (re-exported, so no second copy can sneak in).
+pub use datafusion::arrow;
+/// The DataFusion version underneath.
+pub use datafusion;

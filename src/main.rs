@@ -1,0 +1,120 @@
+//! The `tidewater` command line: runs `.sql` files of streams, sinks and streaming queries.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidewater::{StatementOutcome, StreamingQuery, StreamingSession};
+
+#[derive(Parser)]
+#[command(name = "tidewater", version, about = "Structured streaming SQL: queries over streams that stay up to date")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the statements of a SQL file in order; each `INSERT INTO <sink> SELECT ...` starts a
+    /// streaming query. Exits when every query has finished, or on Ctrl-C after stopping them.
+    Run {
+        /// The SQL file.
+        file: PathBuf,
+        /// Print one line per batch: query, batch id, input rows, rows/s, duration.
+        #[arg(long)]
+        progress: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Run { file, progress } => runtime.block_on(run(file, progress)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
+    let sql = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let session = StreamingSession::new();
+    let outcomes = session
+        .run_script(&sql)
+        .await
+        .with_context(|| format!("in {}", file.display()))?;
+    let mut queries = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            StatementOutcome::Rows(df) => df.show().await?,
+            StatementOutcome::Started(query) => queries.push(query),
+            StatementOutcome::Done => {}
+        }
+    }
+    let printers: Vec<_> = if progress {
+        queries.iter().map(|q| tokio::spawn(print_progress(q.clone()))).collect()
+    } else {
+        Vec::new()
+    };
+    let all_done = futures::future::join_all(queries.iter().map(|q| q.await_termination(None)));
+    tokio::select! {
+        results = all_done => {
+            for (query, result) in queries.iter().zip(results) {
+                result.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
+            }
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("stopping {} queries after their current batch", queries.len());
+            for query in &queries {
+                query.stop().await.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
+            }
+        }
+    }
+    // Each printer ends once its query has ended and its last batch is printed.
+    futures::future::join_all(printers).await;
+    Ok(())
+}
+
+/// Prints one line per batch of `query` to standard error until it ends.
+async fn print_progress(query: StreamingQuery) {
+    let mut printed = None;
+    loop {
+        let ended = !query.is_active();
+        for p in query.recent_progress() {
+            if printed.is_some_and(|last| p.batch_id <= last) {
+                continue;
+            }
+            eprintln!(
+                "[{}] batch {}: {} rows, {:.0} rows/s, {} ms",
+                p.name.as_deref().unwrap_or(&p.id),
+                p.batch_id,
+                p.num_input_rows,
+                p.processed_rows_per_second,
+                p.batch_duration
+            );
+            printed = Some(p.batch_id);
+        }
+        if ended {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,172 @@
+//! Incrementalization: from a query over streams to a plan that runs one batch at a time.
+//!
+//! # Background
+//! A streaming query is planned by DataFusion once, when it starts, into an ordinary physical plan
+//! whose stream scans are placeholders ([`StreamScanExec`]). Each batch, [`IncrementalPlan::bind`]
+//! hands every placeholder the batch's rows and resets the state of the other nodes, which gives a
+//! bounded plan that DataFusion runs to completion. Bounded per-batch plans keep us clear of
+//! DataFusion's open questions about never-ending inputs, and planning stays out of the hot loop.
+//!
+//! This module also decides what a query may do on a stream and in which output mode, and refuses
+//! the rest when the query starts, saying why and what would work. It does no I/O.
+
+pub(crate) mod scan;
+
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{JoinType, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+
+pub(crate) use scan::{StreamScanExec, StreamTable};
+
+use crate::error::{Error, Result};
+use crate::sink::OutputMode;
+use crate::source::Source;
+
+/// A streaming query's plan: made once, bound to new rows every batch.
+#[derive(Debug)]
+pub(crate) struct IncrementalPlan {
+    physical: Arc<dyn ExecutionPlan>,
+    scans: Vec<ScanSpec>,
+}
+
+/// One stream scan in the plan: what the driver must read for it each batch.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanSpec {
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) projection: Option<Vec<usize>>,
+}
+
+impl IncrementalPlan {
+    /// Plans `logical` for streaming in `mode`.
+    ///
+    /// # Errors
+    /// An operation that cannot run on a stream (yet), an output mode the query cannot serve, a
+    /// query that reads no stream, or a DataFusion planning error.
+    pub(crate) async fn new(state: &SessionState, logical: &LogicalPlan, mode: OutputMode) -> Result<Self> {
+        if !contains_stream(logical) {
+            return Err(Error::plan(
+                "a streaming query must read at least one stream (a table created WITH (connector = ...) \
+                 or read_stream()); for static tables run the query directly",
+            ));
+        }
+        check_stateless(logical)?;
+        if mode == OutputMode::Complete {
+            return Err(Error::plan(
+                "output mode 'complete' needs an aggregation: without one the result table is every \
+                 row ever seen; use output_mode 'append' (or 'update')",
+            ));
+        }
+        let physical = state.create_physical_plan(logical).await?;
+        let mut scans = Vec::new();
+        physical.apply(|node| {
+            if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
+                scans.push(ScanSpec {
+                    source: scan.source.clone(),
+                    projection: scan.projection.clone(),
+                });
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "incremental plan");
+        Ok(IncrementalPlan { physical, scans })
+    }
+
+    /// The stream scans, in the order [`IncrementalPlan::bind`] takes their inputs.
+    pub(crate) fn scans(&self) -> &[ScanSpec] {
+        &self.scans
+    }
+
+    /// The physical plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
+    /// so the plan can run again.
+    pub(crate) fn bind(&self, inputs: Vec<SendableRecordBatchStream>) -> Result<Arc<dyn ExecutionPlan>> {
+        if inputs.len() != self.scans.len() {
+            return Err(Error::Internal(format!(
+                "{} inputs for {} stream scans",
+                inputs.len(),
+                self.scans.len()
+            )));
+        }
+        // `apply` above and `transform_up` here visit leaves in the same (left to right) order.
+        let mut inputs = inputs.into_iter();
+        let bound = Arc::clone(&self.physical).transform_up(|node| {
+            if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
+                let input = inputs
+                    .next()
+                    .ok_or_else(|| Error::Internal("too few inputs for the stream scans".into()).into_datafusion())?;
+                return Ok(Transformed::yes(Arc::new(scan.bind(input)) as Arc<dyn ExecutionPlan>));
+            }
+            Ok(Transformed::yes(node.reset_state()?))
+        })?;
+        Ok(bound.data)
+    }
+
+    /// The output schema.
+    pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        self.physical.schema()
+    }
+}
+
+/// The stream a table scan reads, if it reads one.
+pub(crate) fn scanned_stream(node: &LogicalPlan) -> Option<String> {
+    let LogicalPlan::TableScan(scan) = node else {
+        return None;
+    };
+    let provider = source_as_provider(&scan.source).ok()?;
+    provider.downcast_ref::<StreamTable>().map(|t| t.name.clone())
+}
+
+/// True when the plan reads a stream anywhere.
+pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply_with_subqueries(|node| {
+        found = scanned_stream(node).is_some();
+        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    });
+    found
+}
+
+/// Refuses operations that need state across batches; they arrive with the stateful operators.
+fn check_stateless(plan: &LogicalPlan) -> Result<()> {
+    let mut problem = None;
+    plan.apply(|node| {
+        let streaming: Vec<bool> = node.inputs().iter().map(|i| contains_stream(i)).collect();
+        let any = streaming.iter().any(|s| *s);
+        problem = match node {
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) if any => Some(
+                "aggregation (GROUP BY, DISTINCT or an aggregate function) over a stream is not supported \
+                 in this version; stateless queries (projection, filter, unnest, joins with static tables) are",
+            ),
+            LogicalPlan::Sort(_) if any => Some(
+                "ORDER BY over a stream is not supported: a stream has no end to sort to (sorting is \
+                 possible after an aggregation in complete mode)",
+            ),
+            LogicalPlan::Limit(_) if any => Some("LIMIT over a stream is not supported"),
+            LogicalPlan::Window(_) if any => {
+                Some("window functions (OVER ...) over a stream are not supported; use GROUP BY window(...) for time windows")
+            }
+            LogicalPlan::Join(join) if streaming.len() == 2 => match (streaming[0], streaming[1], join.join_type) {
+                (true, true, _) => Some("joining two streams is not supported in this version; join a stream with a static table"),
+                (true, false, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark)
+                | (false, true, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark) => None,
+                (true, false, _) | (false, true, _) => Some(
+                    "this outer join would have to emit static rows that match no stream row, which is never \
+                     final on a stream; use an inner join, or an outer join that keeps the stream's side",
+                ),
+                (false, false, _) => None,
+            },
+            LogicalPlan::RecursiveQuery(_) if any => Some("recursive queries over a stream are not supported"),
+            _ => None,
+        };
+        Ok(if problem.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+    })?;
+    match problem {
+        Some(message) => Err(Error::plan(message)),
+        None => Ok(()),
+    }
+}

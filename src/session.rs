@@ -1,0 +1,374 @@
+//! The streaming session: a DataFusion context that also knows streams, sinks and running queries.
+//!
+//! Static tables, `CREATE EXTERNAL TABLE`, views and plain queries are DataFusion's and behave
+//! exactly as there. On top, the session keeps the streams and sinks declared with
+//! `CREATE TABLE ... WITH (connector = ...)` and starts a streaming query for every
+//! `INSERT INTO <sink> SELECT ...`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+
+use crate::connector::{self, Options, SinkDefinition, SinkKind};
+use crate::error::{Error, Result};
+use crate::frame::{DataStreamReader, StreamingDataFrame};
+use crate::planner::{IncrementalPlan, StreamTable, contains_stream, scanned_stream};
+use crate::query::driver::Driver;
+use crate::query::{QueryShared, StreamingQuery};
+use crate::sink::{MemorySink, Sink};
+use crate::source::{MemoryStream, Source};
+use crate::sql::{Parsed, Watermark, split_script};
+
+/// What running one statement of a script did.
+#[derive(Debug)]
+pub enum StatementOutcome {
+    /// A query or command with a result (DataFusion's `DataFrame`, not yet executed).
+    Rows(DataFrame),
+    /// An `INSERT INTO <sink> SELECT ...` started this streaming query.
+    Started(StreamingQuery),
+    /// A declaration (`CREATE TABLE ... WITH`) took effect.
+    Done,
+}
+
+/// A DataFusion session that runs streaming queries. Cloning gives another handle to the same
+/// session.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tidewater::Result<()> {
+/// use tidewater::StreamingSession;
+/// let session = StreamingSession::new();
+/// let rows = session.sql("SELECT 1 + 1 AS two").await?.collect().await?;
+/// assert_eq!(rows[0].num_rows(), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct StreamingSession {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: SessionContext,
+    /// Sink tables by name; they are not in DataFusion's catalog (a memory sink's result table is,
+    /// once its query starts).
+    sinks: Mutex<HashMap<String, SinkDefinition>>,
+    /// Handles of streams declared with `connector = 'memory'`, by stream name.
+    memory_streams: Mutex<HashMap<String, MemoryStream>>,
+    /// Every query started in this session.
+    queries: Mutex<Vec<StreamingQuery>>,
+    /// Numbers the anonymous streams of `read_stream()`.
+    next_anonymous: AtomicU64,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingSession")
+            .field("session_id", &self.ctx.session_id())
+            .field("sinks", &lock(&self.sinks).keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for StreamingSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamingSession {
+    /// A session with DataFusion's defaults, `VARCHAR` read as `Utf8`, and the JSON functions
+    /// (`json_get_str`, `->>`, ...).
+    pub fn new() -> Self {
+        let mut config = SessionConfig::new().with_information_schema(true);
+        // Sources decode strings to Utf8; declared VARCHAR columns must match them.
+        config.options_mut().sql_parser.map_string_types_to_utf8view = false;
+        Self::with_config(config)
+    }
+
+    /// A session with this DataFusion configuration.
+    pub fn with_config(config: SessionConfig) -> Self {
+        let mut ctx = SessionContext::new_with_config(config);
+        if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
+            tracing::warn!(error = %e, "JSON functions unavailable");
+        }
+        StreamingSession {
+            inner: Arc::new(Inner {
+                ctx,
+                sinks: Mutex::default(),
+                memory_streams: Mutex::default(),
+                queries: Mutex::default(),
+                next_anonymous: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The DataFusion context underneath, to register static tables, functions and options.
+    pub fn context(&self) -> &SessionContext {
+        &self.inner.ctx
+    }
+
+    /// Runs one SQL statement.
+    ///
+    /// A query over static tables returns its (lazy) result as in DataFusion; a declaration returns
+    /// an empty frame; `INSERT INTO <sink> SELECT ...` starts a streaming query and returns one row
+    /// with its `id`, `run_id` and `name` (find the handle with [`StreamingSession::active_queries`],
+    /// or use [`StreamingSession::run_script`]).
+    ///
+    /// # Errors
+    /// A syntax, planning or option error, or more than one statement.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        let mut statements = split_script(sql)?;
+        if statements.len() != 1 {
+            return Err(Error::plan(format!(
+                "sql() runs one statement, got {}; use run_script() for several",
+                statements.len()
+            )));
+        }
+        let statement = statements.remove(0);
+        match self.execute(statement.parse()?).await? {
+            StatementOutcome::Rows(df) => Ok(df),
+            StatementOutcome::Done => Ok(self.inner.ctx.read_batch(RecordBatch::new_empty(Arc::new(Schema::empty())))?),
+            StatementOutcome::Started(query) => {
+                let schema = Arc::new(Schema::new(vec![
+                    Field::new("id", DataType::Utf8, false),
+                    Field::new("run_id", DataType::Utf8, false),
+                    Field::new("name", DataType::Utf8, true),
+                ]));
+                let batch = RecordBatch::try_new(
+                    schema,
+                    vec![
+                        Arc::new(StringArray::from(vec![query.id()])),
+                        Arc::new(StringArray::from(vec![query.run_id()])),
+                        Arc::new(StringArray::from(vec![query.name()])),
+                    ],
+                )
+                .map_err(|e| Error::Internal(format!("query row: {e}")))?;
+                Ok(self.inner.ctx.read_batch(batch)?)
+            }
+        }
+    }
+
+    /// Runs the statements of a script in order and returns what each did. Streaming queries
+    /// start and keep running while later statements run.
+    ///
+    /// # Errors
+    /// The first failing statement's error, with its position (`statement 3 (line 12): ...`).
+    pub async fn run_script(&self, sql: &str) -> Result<Vec<StatementOutcome>> {
+        let mut outcomes = Vec::new();
+        for statement in split_script(sql)? {
+            let (index, line) = (statement.index, statement.line);
+            let outcome = async { self.execute(statement.parse()?).await }.await.map_err(|e| Error::Statement {
+                index,
+                line,
+                source: Box::new(e),
+            })?;
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    async fn execute(&self, parsed: Parsed) -> Result<StatementOutcome> {
+        match parsed {
+            Parsed::CreateTable {
+                name,
+                columns,
+                options,
+                watermark,
+            } => {
+                self.create_table(&name, columns, options, watermark).await?;
+                Ok(StatementOutcome::Done)
+            }
+            Parsed::Insert { target, query, .. } if lock(&self.inner.sinks).contains_key(&target) => {
+                let definition = lock(&self.inner.sinks)
+                    .get(&target)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("sink '{target}' vanished")))?;
+                let plan = self.plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query)))).await?;
+                Ok(StatementOutcome::Started(self.start_query(plan, definition).await?))
+            }
+            Parsed::Insert { statement, .. } | Parsed::Other(statement) => {
+                let plan = self.plan_statement(statement).await?;
+                if contains_stream(&plan) {
+                    let mut stream = String::new();
+                    let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |node| {
+                        if let Some(name) = scanned_stream(node) {
+                            stream = name;
+                        }
+                        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                    });
+                    return Err(Error::plan(format!(
+                        "'{stream}' is a stream: a query over it runs as a streaming query, started with \
+                         INSERT INTO <sink> SELECT ... (a sink is a table created WITH (connector = 'console' | 'memory'))"
+                    )));
+                }
+                Ok(StatementOutcome::Rows(self.inner.ctx.execute_logical_plan(plan).await?))
+            }
+        }
+    }
+
+    async fn plan_statement(&self, statement: DfStatement) -> Result<LogicalPlan> {
+        Ok(self.inner.ctx.state().statement_to_plan(statement).await?)
+    }
+
+    async fn create_table(
+        &self,
+        name: &str,
+        columns: Option<DfStatement>,
+        options: Options,
+        watermark: Option<Watermark>,
+    ) -> Result<()> {
+        if self.inner.ctx.table_exist(name)? || lock(&self.inner.sinks).contains_key(name) {
+            return Err(Error::plan(format!("table '{name}' already exists")));
+        }
+        let schema = match columns {
+            Some(statement) => Some(self.declared_schema(statement).await?),
+            None => None,
+        };
+        if options.is_sink(schema.is_some()) {
+            if watermark.is_some() {
+                return Err(Error::plan(format!("sink '{name}': a WATERMARK belongs to a stream, not a sink")));
+            }
+            let definition = connector::sink_definition(name, &options)?;
+            lock(&self.inner.sinks).insert(name.to_string(), definition);
+            return Ok(());
+        }
+        let (source, memory) = connector::build_source(&options, schema)?;
+        self.register_stream(name, source, watermark)?;
+        if let Some(memory) = memory {
+            lock(&self.inner.memory_streams).insert(name.to_string(), memory);
+        }
+        Ok(())
+    }
+
+    /// The Arrow schema of a `CREATE TABLE t (columns...)`, as DataFusion types it.
+    async fn declared_schema(&self, statement: DfStatement) -> Result<SchemaRef> {
+        match self.plan_statement(statement).await? {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => Ok(Arc::new(create.input.schema().as_arrow().clone())),
+            other => Err(Error::Internal(format!("column list planned as {}", other.display()))),
+        }
+    }
+
+    /// Registers a stream under `name`, readable from SQL and [`StreamingSession::stream`].
+    ///
+    /// # Errors
+    /// A name already taken, or a watermark on a column that is missing or not a timestamp.
+    pub fn register_stream(&self, name: &str, source: Arc<dyn Source>, watermark: Option<Watermark>) -> Result<()> {
+        if let Some(w) = &watermark {
+            let schema = source.schema();
+            let field = schema.field_with_name(&w.column).map_err(|_| {
+                Error::plan(format!("stream '{name}': WATERMARK FOR {}: there is no such column", w.column))
+            })?;
+            if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
+                return Err(Error::plan(format!(
+                    "stream '{name}': WATERMARK FOR {}: the column is {}, a watermark needs a TIMESTAMP column",
+                    w.column,
+                    field.data_type()
+                )));
+            }
+        }
+        let table = StreamTable {
+            name: name.to_string(),
+            source,
+            watermark,
+        };
+        if self.inner.ctx.table_exist(name)? {
+            return Err(Error::plan(format!("table '{name}' already exists")));
+        }
+        self.inner.ctx.register_table(name, Arc::new(table))?;
+        Ok(())
+    }
+
+    /// The handle of a stream declared with `connector = 'memory'`, to push rows into it.
+    ///
+    /// # Errors
+    /// No memory stream has this name.
+    pub fn memory_stream(&self, name: &str) -> Result<MemoryStream> {
+        lock(&self.inner.memory_streams)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::plan(format!("there is no memory stream called '{name}'")))
+    }
+
+    /// A registered stream as a streaming DataFrame.
+    ///
+    /// # Errors
+    /// No table has this name, or it is not a stream.
+    pub async fn stream(&self, name: &str) -> Result<StreamingDataFrame> {
+        let df = self.inner.ctx.table(name).await?;
+        if !contains_stream(df.logical_plan()) {
+            return Err(Error::plan(format!("'{name}' is a static table, not a stream")));
+        }
+        Ok(StreamingDataFrame::new(self.clone(), df))
+    }
+
+    /// Starts describing a stream to read, as in Spark's `spark.readStream`.
+    pub fn read_stream(&self) -> DataStreamReader {
+        DataStreamReader::new(self.clone())
+    }
+
+    /// Queries that have not ended yet.
+    pub fn active_queries(&self) -> Vec<StreamingQuery> {
+        lock(&self.inner.queries).iter().filter(|q| q.is_active()).cloned().collect()
+    }
+
+    /// Registers `source` under a fresh name and returns it as a streaming DataFrame.
+    pub(crate) async fn anonymous_stream(&self, source: Arc<dyn Source>) -> Result<StreamingDataFrame> {
+        let n = self.inner.next_anonymous.fetch_add(1, Ordering::Relaxed);
+        let name = format!("__stream_{n}");
+        self.register_stream(&name, source, None)?;
+        self.stream(&name).await
+    }
+
+    /// Plans `plan` incrementally and starts its micro-batch loop writing to the sink.
+    pub(crate) async fn start_query(&self, plan: LogicalPlan, definition: SinkDefinition) -> Result<StreamingQuery> {
+        let options = &definition.query;
+        let name = options.query_name.clone().unwrap_or_else(|| definition.name.clone());
+        if self.active_queries().iter().any(|q| q.name() == Some(name.as_str())) {
+            return Err(Error::plan(format!("a query named '{name}' is already running")));
+        }
+        if let Some(location) = &options.checkpoint_location {
+            tracing::warn!(%location, "checkpoint_location is accepted but this version keeps no checkpoints: a restart starts over");
+        }
+        let mut state = self.inner.ctx.state();
+        // Keep each batch's rows in source order: a stateless batch is too small to gain from
+        // round-robin repartitioning, and users expect output in input order.
+        state.config_mut().options_mut().optimizer.enable_round_robin_repartition = false;
+        let incremental = IncrementalPlan::new(&state, &plan, options.output_mode).await?;
+        let sink: Arc<dyn Sink> = match &definition.kind {
+            SinkKind::Memory => {
+                let table = Arc::new(MemorySink::new(name.clone(), incremental.schema()));
+                self.inner.ctx.deregister_table(name.as_str())?;
+                self.inner.ctx.register_table(name.as_str(), table.clone())?;
+                table
+            }
+            SinkKind::Console { .. } => Arc::new(definition.console().ok_or_else(|| Error::Internal("console sink".into()))?),
+        };
+        let shared = Arc::new(QueryShared::new(uuid::Uuid::new_v4().to_string(), Some(name)));
+        let query = StreamingQuery::new(shared.clone());
+        let driver = Driver {
+            shared,
+            plan: incremental,
+            sink,
+            output_mode: options.output_mode,
+            trigger: options.trigger,
+            state,
+        };
+        tokio::spawn(driver.run());
+        lock(&self.inner.queries).push(query.clone());
+        Ok(query)
+    }
+}

@@ -1,0 +1,61 @@
+//! Sinks: where a streaming query's result goes, batch by batch.
+//!
+//! The driver hands each batch's output to [`Sink::add_batch`] together with the batch id. A sink
+//! that promises exactly-once makes `add_batch` idempotent per batch id: after a crash the driver
+//! re-runs the last uncommitted batch with the same id and the same rows. One sink per file:
+//! [`console`] prints, [`memory`] keeps the result as a table the session can query.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use datafusion::execution::SendableRecordBatchStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+pub(crate) mod console;
+pub(crate) mod memory;
+
+pub use console::ConsoleSink;
+pub use memory::MemorySink;
+
+/// Which rows of the result table a batch writes to the sink (Spark's output modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputMode {
+    /// Only new rows, each written once and never changed.
+    #[default]
+    Append,
+    /// The rows that changed in this batch.
+    Update,
+    /// The whole result table, every batch.
+    Complete,
+}
+
+impl OutputMode {
+    /// The option value naming this mode.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OutputMode::Append => "append",
+            OutputMode::Update => "update",
+            OutputMode::Complete => "complete",
+        }
+    }
+}
+
+impl std::fmt::Display for OutputMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The output of a streaming query.
+#[async_trait]
+pub trait Sink: Send + Sync + Debug {
+    /// A short human description for progress reports, e.g. `MemorySink[words]`.
+    fn description(&self) -> String;
+
+    /// Writes batch `batch_id`'s output and returns the number of rows written. Called once per
+    /// batch in order, and again with the same id and rows when a batch is replayed.
+    async fn add_batch(&self, batch_id: u64, mode: OutputMode, data: SendableRecordBatchStream) -> Result<u64>;
+}

@@ -1,0 +1,111 @@
+//! Sources: replayable, append-only inputs.
+//!
+//! A source hands out *offsets*, positions in its input that only move forward, and can read the
+//! rows between any two offsets it handed out, again and again with the same result. That is what
+//! lets the driver log a batch's end offsets before running it and re-run it identically after a
+//! crash. Offsets are JSON values so the offsets log can hold any source's position.
+//!
+//! One source per file: [`files`] watches a directory, [`memory`] takes rows pushed from Rust code,
+//! [`rate`] generates rows for demos and benchmarks.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+pub(crate) mod files;
+pub(crate) mod memory;
+pub(crate) mod rate;
+
+pub use files::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode};
+pub use memory::MemoryStream;
+pub use rate::RateSource;
+
+/// A position in a source's input, as JSON so the offsets log can hold it.
+///
+/// # Examples
+/// ```
+/// use tidewater::Offset;
+/// let offset = Offset::from_u64(42);
+/// assert_eq!(offset.as_u64(), Some(42));
+/// assert_eq!(offset.to_string(), "42");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offset(pub serde_json::Value);
+
+impl Offset {
+    /// An offset that is a count, as used by the file, memory and rate sources.
+    pub fn from_u64(n: u64) -> Self {
+        Offset(serde_json::Value::from(n))
+    }
+
+    /// The count held by an offset made with [`Offset::from_u64`].
+    pub fn as_u64(&self) -> Option<u64> {
+        self.0.as_u64()
+    }
+}
+
+impl std::fmt::Display for Offset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How much a source may admit into one batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadLimit {
+    /// The source's own per-trigger limits (e.g. `max_files_per_trigger`).
+    Default,
+    /// Everything available now, ignoring per-trigger limits (trigger `once`).
+    All,
+    /// The source's per-trigger limits, but never past this offset (trigger `available_now`: the
+    /// driver first asks for [`ReadLimit::All`], then works up to that offset batch by batch).
+    UpTo(Offset),
+}
+
+/// A replayable, append-only input of a streaming query.
+///
+/// # Contract
+/// - `latest_offset` never returns an offset before `start`.
+/// - `read(start, end)` returns the same rows every time it is called with the same offsets, for
+///   any offsets this source has returned, so an interrupted batch can be re-run exactly.
+#[async_trait]
+pub trait Source: Send + Sync + Debug {
+    /// The rows' schema.
+    fn schema(&self) -> SchemaRef;
+
+    /// A short human description for progress reports, e.g. `FilesSource[data/events]`.
+    fn description(&self) -> String;
+
+    /// The offset up to which input is available now, bounded by `limit`, or `None` when there
+    /// has never been any input. Equal to `start` when nothing new arrived.
+    async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
+
+    /// The rows after `start` (from the beginning when `None`) up to and including `end`, with
+    /// only the columns in `projection` (indices into [`Source::schema`]) when given.
+    async fn read(
+        &self,
+        start: Option<&Offset>,
+        end: &Offset,
+        projection: Option<&[usize]>,
+    ) -> Result<SendableRecordBatchStream>;
+
+    /// Counters for progress reports (e.g. malformed records), cumulative since the query started.
+    fn metrics(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+}
+
+/// Projects `schema` to `projection`, the way every source applies a read's projection.
+pub(crate) fn project_schema(schema: &SchemaRef, projection: Option<&[usize]>) -> Result<SchemaRef> {
+    Ok(match projection {
+        Some(p) => std::sync::Arc::new(schema.project(p).map_err(datafusion::error::DataFusionError::from)?),
+        None => schema.clone(),
+    })
+}

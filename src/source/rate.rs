@@ -1,0 +1,115 @@
+//! The rate source: `rows_per_second` rows of `(timestamp, value)`, for demos and benchmarks.
+//!
+//! Row `i` has `value = i` and `timestamp = start + i / rows_per_second`, so any offset range can
+//! be generated again identically; the offset is the number of rows due so far. Time is read from
+//! `tokio::time`, so tests can pause and advance it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
+
+use super::{Offset, ReadLimit, Source, project_schema};
+use crate::error::{Error, Result};
+
+/// Rows generated per output record batch.
+const ROWS_PER_RECORD_BATCH: u64 = 8192;
+
+/// Generates `rows_per_second` rows per second of wall time, starting when it is created.
+#[derive(Debug)]
+pub struct RateSource {
+    rows_per_second: u64,
+    schema: SchemaRef,
+    /// When row 0 is due, in the clock that paces the rows.
+    started: tokio::time::Instant,
+    /// Row 0's event time, microseconds since the epoch.
+    start_micros: i64,
+}
+
+impl RateSource {
+    /// A rate source emitting `rows_per_second` rows each second (at least 1).
+    pub fn new(rows_per_second: u64) -> Self {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+            Field::new("value", DataType::Int64, false),
+        ]));
+        RateSource {
+            rows_per_second: rows_per_second.max(1),
+            schema,
+            started: tokio::time::Instant::now(),
+            start_micros: chrono::Utc::now().timestamp_micros(),
+        }
+    }
+
+    fn rows_due(&self) -> u64 {
+        let elapsed = self.started.elapsed();
+        (elapsed.as_micros() as u128 * self.rows_per_second as u128 / 1_000_000) as u64
+    }
+
+    fn batch(&self, from: u64, to: u64) -> Result<RecordBatch> {
+        let values: Vec<i64> = (from..to).map(|v| v as i64).collect();
+        let micros_per_row = 1_000_000f64 / self.rows_per_second as f64;
+        let times: Vec<i64> = values
+            .iter()
+            .map(|v| self.start_micros + (*v as f64 * micros_per_row) as i64)
+            .collect();
+        RecordBatch::try_new(
+            self.schema.clone(),
+            vec![
+                Arc::new(TimestampMicrosecondArray::from(times)),
+                Arc::new(Int64Array::from(values)),
+            ],
+        )
+        .map_err(|e| Error::Internal(format!("rate source: {e}")))
+    }
+}
+
+fn count(offset: Option<&Offset>) -> Result<u64> {
+    match offset {
+        None => Ok(0),
+        Some(o) => o
+            .as_u64()
+            .ok_or_else(|| Error::Internal(format!("rate source offset {o} is not a count"))),
+    }
+}
+
+#[async_trait]
+impl Source for RateSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn description(&self) -> String {
+        format!("RateSource[rowsPerSecond={}]", self.rows_per_second)
+    }
+
+    async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        let mut due = self.rows_due();
+        if let ReadLimit::UpTo(cap) = &limit {
+            due = due.min(count(Some(cap))?);
+        }
+        Ok(Some(Offset::from_u64(due.max(count(start)?))))
+    }
+
+    async fn read(
+        &self,
+        start: Option<&Offset>,
+        end: &Offset,
+        projection: Option<&[usize]>,
+    ) -> Result<SendableRecordBatchStream> {
+        let (from, to) = (count(start)?, count(Some(end))?);
+        let mut batches = Vec::new();
+        let mut at = from;
+        while at < to {
+            let next = (at + ROWS_PER_RECORD_BATCH).min(to);
+            batches.push(self.batch(at, next)?);
+            at = next;
+        }
+        let schema = project_schema(&self.schema, projection)?;
+        Ok(Box::pin(DfMemoryStream::try_new(batches, schema, projection.map(|p| p.to_vec()))?))
+    }
+}
