@@ -1,0 +1,112 @@
+//! The `tidewater` binary, run as a process: end to end over real files.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::common::drop_file;
+
+fn tidewater() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tidewater"))
+}
+
+fn write_sql(dir: &Path, sql: &str) -> std::path::PathBuf {
+    let file = dir.join("job.sql");
+    std::fs::write(&file, sql).unwrap();
+    file
+}
+
+#[test]
+fn runs_a_file_to_completion_and_prints_each_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    drop_file(&input, "1.txt", b"hello world\nsecond line\n");
+    drop_file(&input, "2.txt", b"third\n");
+    let sql = write_sql(
+        dir.path(),
+        &format!(
+            "-- upper-case every line
+             CREATE TABLE lines (value VARCHAR) WITH (connector = 'files', format = 'text', path = '{}', max_files_per_trigger = '1');
+             CREATE TABLE out WITH (connector = 'console', trigger = 'available_now');
+             INSERT INTO out SELECT upper(value) AS line FROM lines;",
+            input.display()
+        ),
+    );
+    let output = tidewater().arg("run").arg(&sql).arg("--progress").output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let batch0 = stdout.find("Batch: 0").expect("batch 0 printed");
+    let batch1 = stdout.find("Batch: 1").expect("batch 1 printed");
+    assert!(batch0 < stdout.find("HELLO WORLD").unwrap() && stdout.find("SECOND LINE").unwrap() < batch1);
+    assert!(stdout[batch1..].contains("THIRD"));
+    assert!(stderr.contains("[out] batch 0: 2 rows"), "{stderr}");
+    assert!(stderr.contains("[out] batch 1: 1 rows"), "{stderr}");
+}
+
+#[test]
+fn a_bad_statement_exits_non_zero_and_points_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = write_sql(
+        dir.path(),
+        "CREATE TABLE a (n INT) WITH (connector = 'memory');\n\nCREATE TABLE out WITH (connector = 'console', output_mode = 'sometimes');",
+    );
+    let output = tidewater().arg("run").arg(&sql).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("statement 2 (line 3)") && stderr.contains("output_mode"), "{stderr}");
+
+    let output = tidewater().arg("run").arg(dir.path().join("missing.sql")).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.sql"));
+}
+
+#[test]
+fn a_failing_query_exits_non_zero_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(dir.path(), "bad.json", b"{\"n\": 1}\n{oops\n");
+    let sql = write_sql(
+        dir.path(),
+        &format!(
+            "CREATE TABLE e (n INT) WITH (connector = 'files', format = 'json', mode = 'fail_fast', path = '{}');
+             CREATE TABLE out WITH (connector = 'console', trigger = 'available_now');
+             INSERT INTO out SELECT n FROM e;",
+            dir.path().display()
+        ),
+    );
+    let output = tidewater().arg("run").arg(&sql).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("bad.json, line 2"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_the_queries_gracefully_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    drop_file(&input, "1.txt", b"one\n");
+    let sql = write_sql(
+        dir.path(),
+        &format!(
+            "CREATE TABLE lines (value VARCHAR) WITH (connector = 'files', format = 'text', path = '{}');
+             CREATE TABLE out WITH (connector = 'console');
+             INSERT INTO out SELECT value FROM lines;",
+            input.display()
+        ),
+    );
+    let mut child = tidewater().arg("run").arg(&sql).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    // The query keeps running (default trigger); wait for its first batch, then interrupt it.
+    while !seen.contains("| one") {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "process ended early: {seen}");
+        seen.push_str(&line);
+    }
+    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status {exit:?}");
+}

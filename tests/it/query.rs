@@ -1,0 +1,128 @@
+//! The StreamingQuery handle: identity, status, progress in Spark's JSON shape, stopping,
+//! waiting, failures, and the session's list of active queries.
+
+use std::time::Duration;
+
+use crate::common::{push_json, start};
+use tidewater::StreamingSession;
+
+async fn memory_query(session: &StreamingSession, name: &str) -> tidewater::StreamingQuery {
+    start(
+        session,
+        &format!(
+            "CREATE TABLE {name}_in (n INT) WITH (connector = 'memory');
+             CREATE TABLE {name} WITH (connector = 'memory', query_name = '{name}');
+             INSERT INTO {name} SELECT n + 1 AS m FROM {name}_in"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn progress_uses_spark_field_names() {
+    let session = StreamingSession::new();
+    let query = memory_query(&session, "counts").await;
+    push_json(&session, "counts_in", &[r#"{"n": 1}"#, r#"{"n": 2}"#]);
+    query.process_all_available().await.unwrap();
+    let progress = query.last_progress().unwrap();
+    let json = serde_json::to_value(&progress).unwrap();
+    for field in [
+        "id", "runId", "name", "timestamp", "batchId", "numInputRows", "inputRowsPerSecond",
+        "processedRowsPerSecond", "durationMs", "eventTime", "stateOperators", "sources", "sink",
+    ] {
+        assert!(json.get(field).is_some(), "missing {field} in {json}");
+    }
+    assert_eq!(json["batchId"], 0);
+    assert_eq!(json["numInputRows"], 2);
+    assert_eq!(json["name"], "counts");
+    assert_eq!(json["id"], query.id());
+    assert_eq!(json["runId"], query.run_id());
+    assert_eq!(json["sources"][0]["endOffset"], 1);
+    assert_eq!(json["sources"][0]["startOffset"], serde_json::Value::Null);
+    assert_eq!(json["sink"]["numOutputRows"], 2);
+    assert!(json["durationMs"]["triggerExecution"].is_u64());
+    assert!(chrono::DateTime::parse_from_rfc3339(json["timestamp"].as_str().unwrap()).is_ok());
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn status_stop_and_await_termination() {
+    let session = StreamingSession::new();
+    let query = memory_query(&session, "st").await;
+    query.process_all_available().await.unwrap();
+    assert!(query.is_active());
+    assert!(!query.status().is_trigger_active || query.status().message.contains("offsets"));
+    // Still running: waiting times out.
+    assert!(!query.await_termination(Some(Duration::from_millis(50))).await.unwrap());
+    assert_eq!(session.active_queries().len(), 1);
+    query.stop().await.unwrap();
+    assert!(!query.is_active());
+    assert_eq!(query.status().message, "Stopped");
+    assert!(query.await_termination(Some(Duration::from_millis(1))).await.unwrap());
+    assert!(session.active_queries().is_empty());
+}
+
+#[tokio::test]
+async fn two_active_queries_cannot_share_a_name() {
+    let session = StreamingSession::new();
+    let query = memory_query(&session, "dup").await;
+    let error = session
+        .run_script("CREATE TABLE other WITH (connector = 'memory', query_name = 'dup'); INSERT INTO other SELECT n FROM dup_in")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("already running"), "{error}");
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_query_surfaces_its_error_instead_of_hanging() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE src (s VARCHAR) WITH (connector = 'memory');
+         CREATE TABLE out WITH (connector = 'memory');
+         INSERT INTO out SELECT CAST(s AS INT) AS n FROM src",
+    )
+    .await;
+    push_json(&session, "src", &[r#"{"s": "12"}"#, r#"{"s": "twelve"}"#]);
+    let error = query.process_all_available().await.unwrap_err();
+    assert!(error.to_string().contains("batch 0"), "{error}");
+    assert!(query.exception().is_some());
+    assert!(query.await_termination(None).await.is_err());
+    assert!(query.status().message.starts_with("Terminated with exception"));
+}
+
+#[tokio::test]
+async fn available_now_and_once_end_by_themselves() {
+    let session = StreamingSession::new();
+    session
+        .run_script("CREATE TABLE src (n INT) WITH (connector = 'memory'); CREATE TABLE out WITH (connector = 'memory', trigger = 'once');")
+        .await
+        .unwrap();
+    push_json(&session, "src", &[r#"{"n": 1}"#]);
+    push_json(&session, "src", &[r#"{"n": 2}"#]);
+    let query = start(&session, "INSERT INTO out SELECT n FROM src").await;
+    assert!(query.await_termination(Some(Duration::from_secs(30))).await.unwrap());
+    // Once: everything available in a single batch.
+    assert_eq!(query.recent_progress().len(), 1);
+    assert_eq!(query.last_progress().unwrap().num_input_rows, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_source_generates_rows_per_second_on_a_processing_time_trigger() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE ticks WITH (connector = 'rate', rows_per_second = '10');
+         CREATE TABLE out WITH (connector = 'memory', trigger = '1 second');
+         INSERT INTO out SELECT value FROM ticks",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    query.stop().await.unwrap();
+    let rows: u64 = query.recent_progress().iter().map(|p| p.num_input_rows).sum();
+    // Paused time: the triggers at 1 s, 2 s and 3 s see exactly 10 new rows each.
+    assert_eq!(rows, 30, "{:?}", query.recent_progress());
+    let values = crate::common::query_rows(&session, "SELECT min(value), max(value), count(DISTINCT value) FROM out").await;
+    assert_eq!(values, ["0|29|30"]);
+}
