@@ -20,7 +20,10 @@ type Connector = (&'static str, &'static [&'static str]);
 
 /// Source connectors and the options each accepts.
 const SOURCE_CONNECTORS: &[Connector] = &[
-    ("files", &["path", "format", "max_files_per_trigger", "mode", "header", "delimiter"]),
+    (
+        "files",
+        &["path", "format", "max_files_per_trigger", "mode", "header", "delimiter"],
+    ),
     ("memory", &[]),
     ("rate", &["rows_per_second"]),
 ];
@@ -69,7 +72,12 @@ impl Options {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(given.trim()))
             .copied()
-            .ok_or_else(|| self.error(format!("connector '{given}' is not known here; one of: {}", names.join(", "))))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "connector '{given}' is not known here; one of: {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     /// Refuses options outside `valid`, listing the valid ones.
@@ -97,7 +105,10 @@ impl Options {
             .map(|(_, v)| Some(*v))
             .ok_or_else(|| {
                 let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-                self.error(format!("option '{key}' = '{value}' is not valid; one of: {}", names.join(", ")))
+                self.error(format!(
+                    "option '{key}' = '{value}' is not valid; one of: {}",
+                    names.join(", ")
+                ))
             })
     }
 
@@ -116,7 +127,8 @@ impl Options {
     }
 
     fn required(&self, key: &str) -> Result<&str> {
-        self.get(key).ok_or_else(|| self.error(format!("option '{key}' is required")))
+        self.get(key)
+            .ok_or_else(|| self.error(format!("option '{key}' is required")))
     }
 }
 
@@ -160,7 +172,11 @@ pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Resu
             let schema = match (schema, &format) {
                 (Some(schema), _) => schema,
                 (None, FileFormat::Text) => Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)])),
-                (None, _) => return Err(options.error("a files stream needs a column list, e.g. CREATE TABLE t (a INT, b VARCHAR) WITH (...)")),
+                (None, _) => {
+                    return Err(options.error(
+                        "a files stream needs a column list, e.g. CREATE TABLE t (a INT, b VARCHAR) WITH (...)",
+                    ));
+                }
             };
             let mode = options
                 .choice(
@@ -179,7 +195,10 @@ pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Resu
                 max_files_per_trigger: options.positive("max_files_per_trigger")?,
                 mode,
             };
-            Ok((Arc::new(FilesSource::try_new(config).map_err(|e| options.error(e.to_string()))?), None))
+            Ok((
+                Arc::new(FilesSource::try_new(config).map_err(|e| options.error(e.to_string()))?),
+                None,
+            ))
         }
         "memory" => {
             let schema = schema.ok_or_else(|| options.error("a memory stream needs a column list"))?;
@@ -188,7 +207,9 @@ pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Resu
         }
         _ => {
             if schema.is_some() {
-                return Err(options.error("the rate source has fixed columns (timestamp, value): leave out the column list"));
+                return Err(
+                    options.error("the rate source has fixed columns (timestamp, value): leave out the column list")
+                );
             }
             let rows_per_second = options.positive("rows_per_second")?.unwrap_or(1) as u64;
             Ok((Arc::new(RateSource::new(rows_per_second)), None))
@@ -243,7 +264,11 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
     let output_mode = options
         .choice(
             "output_mode",
-            &[("append", OutputMode::Append), ("update", OutputMode::Update), ("complete", OutputMode::Complete)],
+            &[
+                ("append", OutputMode::Append),
+                ("update", OutputMode::Update),
+                ("complete", OutputMode::Complete),
+            ],
         )?
         .unwrap_or_default();
     let trigger = match options.get("trigger") {

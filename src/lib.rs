@@ -77,10 +77,17 @@ pub use query::{
 };
 pub use session::{StatementOutcome, StreamingSession};
 pub use sink::{ConsoleSink, MemorySink, OutputMode, Sink};
-pub use source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, Offset, RateSource, ReadLimit, Source};
+pub use source::{
+    FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, Offset, RateSource, ReadLimit, Source,
+};
 pub use sql::Watermark;
+
+/// The DataFusion version underneath.
+pub use datafusion;
+/// The README's Rust example, compiled as a doctest so it stays true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 /// The Arrow version Tidewater and DataFusion use (re-exported, so no second copy can sneak in).
 pub use datafusion::arrow;
-/// The DataFusion version underneath.
-pub use datafusion;

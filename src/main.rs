@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tidewater::{StatementOutcome, StreamingQuery, StreamingSession};
 
 #[derive(Parser)]
-#[command(name = "tidewater", version, about = "Structured streaming SQL: queries over streams that stay up to date")]
+#[command(
+    name = "tidewater",
+    version,
+    about = "Structured streaming SQL: queries over streams that stay up to date"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -70,7 +75,10 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
         }
     }
     let printers: Vec<_> = if progress {
-        queries.iter().map(|q| tokio::spawn(print_progress(q.clone()))).collect()
+        queries
+            .iter()
+            .map(|q| tokio::spawn(print_progress(q.clone())))
+            .collect()
     } else {
         Vec::new()
     };

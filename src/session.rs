@@ -141,7 +141,10 @@ impl StreamingSession {
         let statement = statements.remove(0);
         match self.execute(statement.parse()?).await? {
             StatementOutcome::Rows(df) => Ok(df),
-            StatementOutcome::Done => Ok(self.inner.ctx.read_batch(RecordBatch::new_empty(Arc::new(Schema::empty())))?),
+            StatementOutcome::Done => Ok(self
+                .inner
+                .ctx
+                .read_batch(RecordBatch::new_empty(Arc::new(Schema::empty())))?),
             StatementOutcome::Started(query) => {
                 let schema = Arc::new(Schema::new(vec![
                     Field::new("id", DataType::Utf8, false),
@@ -171,11 +174,13 @@ impl StreamingSession {
         let mut outcomes = Vec::new();
         for statement in split_script(sql)? {
             let (index, line) = (statement.index, statement.line);
-            let outcome = async { self.execute(statement.parse()?).await }.await.map_err(|e| Error::Statement {
-                index,
-                line,
-                source: Box::new(e),
-            })?;
+            let outcome = async { self.execute(statement.parse()?).await }
+                .await
+                .map_err(|e| Error::Statement {
+                    index,
+                    line,
+                    source: Box::new(e),
+                })?;
             outcomes.push(outcome);
         }
         Ok(outcomes)
@@ -197,8 +202,23 @@ impl StreamingSession {
                     .get(&target)
                     .cloned()
                     .ok_or_else(|| Error::Internal(format!("sink '{target}' vanished")))?;
-                let plan = self.plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query)))).await?;
+                let plan = self
+                    .plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query))))
+                    .await?;
                 Ok(StatementOutcome::Started(self.start_query(plan, definition).await?))
+            }
+            Parsed::Insert { target, query, .. } if lock(&self.inner.memory_streams).contains_key(&target) => {
+                let stream = self.memory_stream(&target)?;
+                let plan = self
+                    .plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query))))
+                    .await?;
+                let rows = self.push_rows(&target, &stream, plan).await?;
+                let count = RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)])),
+                    vec![Arc::new(datafusion::arrow::array::UInt64Array::from(vec![rows]))],
+                )
+                .map_err(|e| Error::Internal(format!("count row: {e}")))?;
+                Ok(StatementOutcome::Rows(self.inner.ctx.read_batch(count)?))
             }
             Parsed::Insert { statement, .. } | Parsed::Other(statement) => {
                 let plan = self.plan_statement(statement).await?;
@@ -218,6 +238,51 @@ impl StreamingSession {
                 Ok(StatementOutcome::Rows(self.inner.ctx.execute_logical_plan(plan).await?))
             }
         }
+    }
+
+    /// `INSERT INTO <memory stream> VALUES ... | SELECT ...`: the rows become one new batch of the
+    /// stream, their columns matched to the stream's by position and cast to its types.
+    async fn push_rows(&self, name: &str, stream: &MemoryStream, plan: LogicalPlan) -> Result<u64> {
+        if contains_stream(&plan) {
+            return Err(Error::plan(format!(
+                "rows inserted into stream '{name}' must not come from a stream"
+            )));
+        }
+        let schema = Source::schema(stream);
+        let batches = self.inner.ctx.execute_logical_plan(plan).await?.collect().await?;
+        let mut rows = 0;
+        let mut columns_of_batches = Vec::new();
+        for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+            if batch.num_columns() != schema.fields().len() {
+                return Err(Error::plan(format!(
+                    "stream '{name}' has {} columns, the inserted rows have {}",
+                    schema.fields().len(),
+                    batch.num_columns()
+                )));
+            }
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(schema.fields())
+                .map(|(column, field)| {
+                    let strict = datafusion::arrow::compute::CastOptions {
+                        safe: false,
+                        ..Default::default()
+                    };
+                    datafusion::arrow::compute::cast_with_options(column, field.data_type(), &strict)
+                        .map_err(|e| Error::plan(format!("stream '{name}', column '{}': {e}", field.name())))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rows += batch.num_rows() as u64;
+            columns_of_batches.push(
+                RecordBatch::try_new(schema.clone(), columns)
+                    .map_err(|e| Error::plan(format!("stream '{name}': {e}")))?,
+            );
+        }
+        let batch = datafusion::arrow::compute::concat_batches(&schema, &columns_of_batches)
+            .map_err(|e| Error::Internal(format!("joining inserted rows: {e}")))?;
+        stream.add_batch(batch)?;
+        Ok(rows)
     }
 
     async fn plan_statement(&self, statement: DfStatement) -> Result<LogicalPlan> {
@@ -240,7 +305,9 @@ impl StreamingSession {
         };
         if options.is_sink(schema.is_some()) {
             if watermark.is_some() {
-                return Err(Error::plan(format!("sink '{name}': a WATERMARK belongs to a stream, not a sink")));
+                return Err(Error::plan(format!(
+                    "sink '{name}': a WATERMARK belongs to a stream, not a sink"
+                )));
             }
             let definition = connector::sink_definition(name, &options)?;
             lock(&self.inner.sinks).insert(name.to_string(), definition);
@@ -257,7 +324,9 @@ impl StreamingSession {
     /// The Arrow schema of a `CREATE TABLE t (columns...)`, as DataFusion types it.
     async fn declared_schema(&self, statement: DfStatement) -> Result<SchemaRef> {
         match self.plan_statement(statement).await? {
-            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => Ok(Arc::new(create.input.schema().as_arrow().clone())),
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                Ok(Arc::new(create.input.schema().as_arrow().clone()))
+            }
             other => Err(Error::Internal(format!("column list planned as {}", other.display()))),
         }
     }
@@ -270,7 +339,10 @@ impl StreamingSession {
         if let Some(w) = &watermark {
             let schema = source.schema();
             let field = schema.field_with_name(&w.column).map_err(|_| {
-                Error::plan(format!("stream '{name}': WATERMARK FOR {}: there is no such column", w.column))
+                Error::plan(format!(
+                    "stream '{name}': WATERMARK FOR {}: there is no such column",
+                    w.column
+                ))
             })?;
             if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
                 return Err(Error::plan(format!(
@@ -322,7 +394,11 @@ impl StreamingSession {
 
     /// Queries that have not ended yet.
     pub fn active_queries(&self) -> Vec<StreamingQuery> {
-        lock(&self.inner.queries).iter().filter(|q| q.is_active()).cloned().collect()
+        lock(&self.inner.queries)
+            .iter()
+            .filter(|q| q.is_active())
+            .cloned()
+            .collect()
     }
 
     /// Registers `source` under a fresh name and returns it as a streaming DataFrame.
@@ -346,7 +422,11 @@ impl StreamingSession {
         let mut state = self.inner.ctx.state();
         // Keep each batch's rows in source order: a stateless batch is too small to gain from
         // round-robin repartitioning, and users expect output in input order.
-        state.config_mut().options_mut().optimizer.enable_round_robin_repartition = false;
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = false;
         let incremental = IncrementalPlan::new(&state, &plan, options.output_mode).await?;
         let sink: Arc<dyn Sink> = match &definition.kind {
             SinkKind::Memory => {
@@ -355,7 +435,11 @@ impl StreamingSession {
                 self.inner.ctx.register_table(name.as_str(), table.clone())?;
                 table
             }
-            SinkKind::Console { .. } => Arc::new(definition.console().ok_or_else(|| Error::Internal("console sink".into()))?),
+            SinkKind::Console { .. } => Arc::new(
+                definition
+                    .console()
+                    .ok_or_else(|| Error::Internal("console sink".into()))?,
+            ),
         };
         let shared = Arc::new(QueryShared::new(uuid::Uuid::new_v4().to_string(), Some(name)));
         let query = StreamingQuery::new(shared.clone());

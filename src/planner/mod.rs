@@ -126,7 +126,11 @@ pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
     // The closure never fails, so neither does the walk.
     let _ = plan.apply_with_subqueries(|node| {
         found = scanned_stream(node).is_some();
-        Ok(if found { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
     });
     found
 }

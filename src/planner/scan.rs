@@ -47,8 +47,8 @@ impl TableProvider for StreamTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let schema = project_schema(&self.source.schema(), projection.map(|p| p.as_slice()))
-            .map_err(|e| e.into_datafusion())?;
+        let schema =
+            project_schema(&self.source.schema(), projection.map(|p| p.as_slice())).map_err(|e| e.into_datafusion())?;
         Ok(Arc::new(StreamScanExec::new(
             self.name.clone(),
             self.source.clone(),

@@ -302,5 +302,8 @@ fn counted(stream: SendableRecordBatchStream, counter: Arc<AtomicU64>) -> Sendab
 /// No rows, for a source that has never had input while another source of the query has.
 fn empty_stream(source: &dyn Source, projection: Option<&[usize]>) -> Result<SendableRecordBatchStream> {
     let schema = crate::source::project_schema(&source.schema(), projection)?;
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())))
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::empty(),
+    )))
 }

@@ -148,12 +148,23 @@ impl StreamingQuery {
 
     /// The progress of the most recent batch.
     pub fn last_progress(&self) -> Option<StreamingQueryProgress> {
-        self.shared.progress.lock().unwrap_or_else(|e| e.into_inner()).back().cloned()
+        self.shared
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .back()
+            .cloned()
     }
 
     /// The progress of recent batches, oldest first (at most 100).
     pub fn recent_progress(&self) -> Vec<StreamingQueryProgress> {
-        self.shared.progress.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.shared
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// True until the query has finished, failed or been stopped.

@@ -81,7 +81,9 @@ impl Sink for ConsoleSink {
             pretty_format_batches(&shown)
         }
         .map_err(|e| Error::Internal(format!("formatting batch: {e}")))?;
-        let mut text = format!("-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{table}\n");
+        let mut text = format!(
+            "-------------------------------------------\nBatch: {batch_id}\n-------------------------------------------\n{table}\n"
+        );
         if total > self.num_rows {
             text.push_str(&format!("only showing top {} of {total} rows\n", self.num_rows));
         }
@@ -102,7 +104,16 @@ fn truncate_cells(batch: &RecordBatch) -> Result<RecordBatch> {
     let mut fields = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if matches!(field.data_type(), DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 | DataType::Float32 | DataType::Float64 | DataType::Boolean) {
+        if matches!(
+            field.data_type(),
+            DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::Float32
+                | DataType::Float64
+                | DataType::Boolean
+        ) {
             fields.push(field.as_ref().clone());
             columns.push(column.clone());
             continue;

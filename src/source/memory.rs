@@ -54,7 +54,12 @@ impl MemoryStream {
     /// A batch whose columns differ from the stream's schema.
     pub fn add_batch(&self, batch: RecordBatch) -> Result<()> {
         let expected: Vec<_> = self.schema.fields().iter().map(|f| (f.name(), f.data_type())).collect();
-        let got: Vec<_> = batch.schema_ref().fields().iter().map(|f| (f.name(), f.data_type())).collect();
+        let got: Vec<_> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| (f.name(), f.data_type()))
+            .collect();
         if expected != got {
             return Err(Error::plan(format!(
                 "memory stream: batch columns {got:?} do not match the stream's columns {expected:?}"

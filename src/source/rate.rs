@@ -47,7 +47,7 @@ impl RateSource {
 
     fn rows_due(&self) -> u64 {
         let elapsed = self.started.elapsed();
-        (elapsed.as_micros() as u128 * self.rows_per_second as u128 / 1_000_000) as u64
+        (elapsed.as_micros() * self.rows_per_second as u128 / 1_000_000) as u64
     }
 
     fn batch(&self, from: u64, to: u64) -> Result<RecordBatch> {
@@ -110,6 +110,10 @@ impl Source for RateSource {
             at = next;
         }
         let schema = project_schema(&self.schema, projection)?;
-        Ok(Box::pin(DfMemoryStream::try_new(batches, schema, projection.map(|p| p.to_vec()))?))
+        Ok(Box::pin(DfMemoryStream::try_new(
+            batches,
+            schema,
+            projection.map(|p| p.to_vec()),
+        )?))
     }
 }

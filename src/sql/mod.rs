@@ -53,7 +53,11 @@ pub(crate) enum Parsed {
         watermark: Option<Watermark>,
     },
     /// `INSERT INTO target <query>`: a streaming query when `target` is a sink.
-    Insert { target: String, statement: DfStatement, query: Box<ast::Query> },
+    Insert {
+        target: String,
+        statement: DfStatement,
+        query: Box<ast::Query>,
+    },
     /// Anything else.
     Other(DfStatement),
 }
@@ -65,7 +69,10 @@ pub(crate) fn split_script(sql: &str) -> Result<Vec<ScriptStatement>> {
         .map_err(|e| Error::plan(format!("SQL syntax: {e}")))?;
     let mut statements = Vec::new();
     let mut current: Vec<TokenWithSpan> = Vec::new();
-    for token in tokens.into_iter().chain(std::iter::once(TokenWithSpan::wrap(Token::SemiColon))) {
+    for token in tokens
+        .into_iter()
+        .chain(std::iter::once(TokenWithSpan::wrap(Token::SemiColon)))
+    {
         if token.token == Token::SemiColon {
             let meaningful = current.iter().any(|t| !matches!(t.token, Token::Whitespace(_)));
             if meaningful {
@@ -104,7 +111,9 @@ impl ScriptStatement {
         };
         let parsed = match statement {
             DfStatement::Statement(boxed) => match *boxed {
-                ast::Statement::CreateTable(create) if matches!(create.table_options, ast::CreateTableOptions::With(_)) => {
+                ast::Statement::CreateTable(create)
+                    if matches!(create.table_options, ast::CreateTableOptions::With(_)) =>
+                {
                     create_table(create, watermark)?
                 }
                 ast::Statement::Insert(insert) => match (&insert.table, &insert.source) {
@@ -165,8 +174,8 @@ fn create_table(mut create: ast::CreateTable, watermark: Option<Watermark>) -> R
         };
         options.insert(&key.value, value);
     }
-    let columns = (!create.columns.is_empty())
-        .then(|| DfStatement::Statement(Box::new(ast::Statement::CreateTable(create))));
+    let columns =
+        (!create.columns.is_empty()).then(|| DfStatement::Statement(Box::new(ast::Statement::CreateTable(create))));
     Ok(Parsed::CreateTable {
         name,
         columns,
@@ -181,7 +190,9 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
     let significant: Vec<usize> = (0..tokens.len())
         .filter(|i| !matches!(tokens[*i].token, Token::Whitespace(_)))
         .collect();
-    let starts_create = significant.first().is_some_and(|i| is_word(&tokens[*i], Keyword::CREATE));
+    let starts_create = significant
+        .first()
+        .is_some_and(|i| is_word(&tokens[*i], Keyword::CREATE));
     if !starts_create {
         return Ok(None);
     }
@@ -193,7 +204,9 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
             Token::RParen => depth = depth.saturating_sub(1),
             Token::Word(w) if depth == 1 && w.value.eq_ignore_ascii_case("watermark") => {
                 let after_comma = n > 0 && tokens[significant[n - 1]].token == Token::Comma;
-                let for_next = significant.get(n + 1).is_some_and(|j| is_word(&tokens[*j], Keyword::FOR));
+                let for_next = significant
+                    .get(n + 1)
+                    .is_some_and(|j| is_word(&tokens[*j], Keyword::FOR));
                 if after_comma && for_next {
                     // The clause runs to the next comma or closing parenthesis at this depth.
                     let mut inner = 0usize;
@@ -249,16 +262,19 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
             left,
             op: ast::BinaryOperator::Minus,
             right,
-        } if matches!(left.as_ref(), Expr::Identifier(id) if id.value.eq_ignore_ascii_case(&column)) => match right.as_ref() {
-            Expr::Interval(interval) => interval_duration(interval).map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?,
-            Expr::Value(v) => match &v.value {
-                Value::SingleQuotedString(s) => {
-                    crate::connector::parse_duration(s).map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?
+        } if matches!(left.as_ref(), Expr::Identifier(id) if id.value.eq_ignore_ascii_case(&column)) => {
+            match right.as_ref() {
+                Expr::Interval(interval) => {
+                    interval_duration(interval).map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?
                 }
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => crate::connector::parse_duration(s)
+                        .map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?,
+                    _ => return Err(Error::plan(format!("WATERMARK FOR {column}: {usage}"))),
+                },
                 _ => return Err(Error::plan(format!("WATERMARK FOR {column}: {usage}"))),
-            },
-            _ => return Err(Error::plan(format!("WATERMARK FOR {column}: {usage}"))),
-        },
+            }
+        }
         _ => return Err(Error::plan(format!("WATERMARK FOR {column} AS {expr}: {usage}"))),
     };
     Ok(Some(Watermark { column, delay }))
@@ -273,6 +289,10 @@ fn interval_duration(interval: &ast::Interval) -> std::result::Result<Duration, 
         },
         other => other.to_string(),
     };
-    let unit = interval.leading_field.as_ref().map(|f| f.to_string()).unwrap_or_default();
+    let unit = interval
+        .leading_field
+        .as_ref()
+        .map(|f| f.to_string())
+        .unwrap_or_default();
     crate::connector::parse_duration(&format!("{amount} {unit}"))
 }

@@ -55,9 +55,16 @@ fn a_bad_statement_exits_non_zero_and_points_at_it() {
     let output = tidewater().arg("run").arg(&sql).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("statement 2 (line 3)") && stderr.contains("output_mode"), "{stderr}");
+    assert!(
+        stderr.contains("statement 2 (line 3)") && stderr.contains("output_mode"),
+        "{stderr}"
+    );
 
-    let output = tidewater().arg("run").arg(dir.path().join("missing.sql")).output().unwrap();
+    let output = tidewater()
+        .arg("run")
+        .arg(dir.path().join("missing.sql"))
+        .output()
+        .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("missing.sql"));
 }
@@ -96,7 +103,13 @@ fn ctrl_c_stops_the_queries_gracefully_and_exits_zero() {
             input.display()
         ),
     );
-    let mut child = tidewater().arg("run").arg(&sql).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = tidewater()
+        .arg("run")
+        .arg(&sql)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
     // The query keeps running (default trigger); wait for its first batch, then interrupt it.
@@ -105,8 +118,32 @@ fn ctrl_c_stops_the_queries_gracefully_and_exits_zero() {
         assert!(stdout.read_line(&mut line).unwrap() > 0, "process ended early: {seen}");
         seen.push_str(&line);
     }
-    let status = Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[test]
+fn the_bundled_quickstart_runs_every_file_once() {
+    let output = tidewater()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "sql/quickstart.sql", "--progress"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // Four files, one per batch; every RSVP with a venue comes out exactly once.
+    assert!(stdout.contains("Batch: 3") && !stdout.contains("Batch: 4"), "{stdout}");
+    assert!(stdout.contains("Couchbase San Francisco"), "{stdout}");
+    let read: usize = stderr
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(read, 24, "{stderr}");
 }

@@ -7,7 +7,12 @@ use crate::common::{drop_file, query_rows, start};
 use tidewater::{ErrorKind, StreamingSession};
 
 /// Starts `INSERT INTO out SELECT * FROM events` over `dir` with the given column list and options.
-async fn files_query(dir: &Path, columns: &str, options: &str, trigger: &str) -> (StreamingSession, tidewater::StreamingQuery) {
+async fn files_query(
+    dir: &Path,
+    columns: &str,
+    options: &str,
+    trigger: &str,
+) -> (StreamingSession, tidewater::StreamingQuery) {
     let session = StreamingSession::new();
     let sql = format!(
         "CREATE TABLE events ({columns}) WITH (connector = 'files', path = '{}', {options});
@@ -28,7 +33,10 @@ async fn json_files_are_read_once_oldest_first() {
     let (session, query) = files_query(dir.path(), "n BIGINT, s VARCHAR", "format = 'json'", "available_now").await;
     assert!(query.await_termination(None).await.unwrap());
     // b.json is older, so it comes first; extra fields are ignored, missing ones are null.
-    assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["1|one", "2|NULL", "3|three"]);
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM out").await,
+        ["1|one", "2|NULL", "3|three"]
+    );
 }
 
 #[tokio::test]
@@ -37,8 +45,13 @@ async fn max_files_per_trigger_bounds_each_batch_and_new_files_are_picked_up() {
     for i in 0..5 {
         drop_file(dir.path(), &format!("f{i}.csv"), format!("{i},x{i}\n").as_bytes());
     }
-    let (session, query) =
-        files_query(dir.path(), "n INT, s VARCHAR", "format = 'csv', max_files_per_trigger = '2'", "available_now").await;
+    let (session, query) = files_query(
+        dir.path(),
+        "n INT, s VARCHAR",
+        "format = 'csv', max_files_per_trigger = '2'",
+        "available_now",
+    )
+    .await;
     assert!(query.await_termination(None).await.unwrap());
     let per_batch: Vec<u64> = query.recent_progress().iter().map(|p| p.num_input_rows).collect();
     assert_eq!(per_batch, [2, 2, 1]);
@@ -52,7 +65,10 @@ async fn max_files_per_trigger_bounds_each_batch_and_new_files_are_picked_up() {
     drop_file(dir.path(), "2.txt", b"third");
     query.process_all_available().await.unwrap();
     query.process_all_available().await.unwrap();
-    assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["first", "second", "third"]);
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM out").await,
+        ["first", "second", "third"]
+    );
     query.stop().await.unwrap();
 }
 
@@ -102,8 +118,13 @@ async fn csv_header_delimiter_and_parquet() {
         .await
         .unwrap();
     std::fs::rename(target.join("x.parquet"), parquet_dir.path().join("x.parquet")).unwrap();
-    let (session, query) =
-        files_query(parquet_dir.path(), "s VARCHAR, n INT, missing DOUBLE", "format = 'parquet'", "available_now").await;
+    let (session, query) = files_query(
+        parquet_dir.path(),
+        "s VARCHAR, n INT, missing DOUBLE",
+        "format = 'parquet'",
+        "available_now",
+    )
+    .await;
     query.await_termination(None).await.unwrap();
     assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["seven|7|NULL"]);
 }
@@ -114,8 +135,13 @@ const MIXED: &[u8] = b"{\"n\": 1}\nnot json at all\n{\"n\": \"abc\"}\n\n{\"n\": 
 async fn permissive_mode_keeps_bad_lines_as_nulls_with_the_raw_text() {
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "mixed.json", MIXED);
-    let (session, query) =
-        files_query(dir.path(), "n INT, _corrupt_record VARCHAR", "format = 'json'", "available_now").await;
+    let (session, query) = files_query(
+        dir.path(),
+        "n INT, _corrupt_record VARCHAR",
+        "format = 'json'",
+        "available_now",
+    )
+    .await;
     query.await_termination(None).await.unwrap();
     assert_eq!(
         query_rows(&session, "SELECT * FROM out").await,
@@ -129,7 +155,13 @@ async fn permissive_mode_keeps_bad_lines_as_nulls_with_the_raw_text() {
 async fn drop_malformed_drops_and_counts_bad_lines() {
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "mixed.json", MIXED);
-    let (session, query) = files_query(dir.path(), "n INT", "format = 'json', mode = 'drop_malformed'", "available_now").await;
+    let (session, query) = files_query(
+        dir.path(),
+        "n INT",
+        "format = 'json', mode = 'drop_malformed'",
+        "available_now",
+    )
+    .await;
     query.await_termination(None).await.unwrap();
     assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["1", "4"]);
     let metrics = &query.last_progress().unwrap().sources[0].metrics;
@@ -140,7 +172,13 @@ async fn drop_malformed_drops_and_counts_bad_lines() {
 async fn fail_fast_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "mixed.json", MIXED);
-    let (_session, query) = files_query(dir.path(), "n INT", "format = 'json', mode = 'fail_fast'", "available_now").await;
+    let (_session, query) = files_query(
+        dir.path(),
+        "n INT",
+        "format = 'json', mode = 'fail_fast'",
+        "available_now",
+    )
+    .await;
     let error = query.await_termination(None).await.unwrap_err();
     let message = error.to_string();
     assert!(message.contains("mixed.json, line 2"), "{message}");
@@ -151,7 +189,13 @@ async fn fail_fast_names_the_file_and_line() {
     // The same for CSV: a value that is not a number.
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "bad.csv", b"1,a\n2,b\nthree,c\n");
-    let (_session, query) = files_query(dir.path(), "n INT, s VARCHAR", "format = 'csv', mode = 'fail_fast'", "available_now").await;
+    let (_session, query) = files_query(
+        dir.path(),
+        "n INT, s VARCHAR",
+        "format = 'csv', mode = 'fail_fast'",
+        "available_now",
+    )
+    .await;
     let message = query.await_termination(None).await.unwrap_err().to_string();
     assert!(message.contains("bad.csv, line 3"), "{message}");
 }
@@ -160,7 +204,13 @@ async fn fail_fast_names_the_file_and_line() {
 async fn csv_malformed_rows_in_permissive_mode() {
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "bad.csv", b"1,a\nthree,c\n4,d,extra\n5,e\n");
-    let (session, query) = files_query(dir.path(), "n INT, s VARCHAR, _corrupt_record VARCHAR", "format = 'csv'", "available_now").await;
+    let (session, query) = files_query(
+        dir.path(),
+        "n INT, s VARCHAR, _corrupt_record VARCHAR",
+        "format = 'csv'",
+        "available_now",
+    )
+    .await;
     query.await_termination(None).await.unwrap();
     assert_eq!(
         query_rows(&session, "SELECT * FROM out").await,
@@ -184,7 +234,10 @@ async fn a_missing_directory_fails_the_query_with_its_path() {
     let missing = dir.path().join("nope");
     let (_session, query) = files_query(&missing, "n INT", "format = 'json'", "available_now").await;
     let message = query.await_termination(None).await.unwrap_err().to_string();
-    assert!(message.contains("nope") && message.contains("does not exist"), "{message}");
+    assert!(
+        message.contains("nope") && message.contains("does not exist"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -228,5 +281,8 @@ async fn declared_types_that_do_not_fit_parquet_columns_are_refused_with_the_col
     std::fs::rename(dir.path().join("_tmp.parquet"), dir.path().join("x.parquet")).unwrap();
     let (_session, query) = files_query(dir.path(), "n STRUCT<a INT>", "format = 'parquet'", "available_now").await;
     let message = query.await_termination(None).await.unwrap_err().to_string();
-    assert!(message.contains("x.parquet") && message.contains("column 'n'"), "{message}");
+    assert!(
+        message.contains("x.parquet") && message.contains("column 'n'"),
+        "{message}"
+    );
 }

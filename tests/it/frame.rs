@@ -10,7 +10,11 @@ use tidewater::{OutputMode, StreamingSession, Trigger};
 #[tokio::test]
 async fn read_transform_and_write_to_memory() {
     let dir = tempfile::tempdir().unwrap();
-    drop_file(dir.path(), "a.json", b"{\"phone_id\": 3, \"action\": \"open\"}\n{\"phone_id\": 12, \"action\": \"close\"}\n");
+    drop_file(
+        dir.path(),
+        "a.json",
+        b"{\"phone_id\": 3, \"action\": \"open\"}\n{\"phone_id\": 12, \"action\": \"close\"}\n",
+    );
     let session = StreamingSession::new();
     let schema = Arc::new(Schema::new(vec![
         Field::new("phone_id", DataType::Int32, true),
@@ -47,7 +51,12 @@ async fn read_transform_and_write_to_memory() {
 async fn memory_sink_needs_a_query_name_and_text_needs_no_schema() {
     let dir = tempfile::tempdir().unwrap();
     let session = StreamingSession::new();
-    let frame = session.read_stream().format("text").load(&dir.path().display().to_string()).await.unwrap();
+    let frame = session
+        .read_stream()
+        .format("text")
+        .load(&dir.path().display().to_string())
+        .await
+        .unwrap();
     assert_eq!(frame.schema().fields().len(), 1);
     let error = frame.write_stream().format("memory").start().await.unwrap_err();
     assert!(error.to_string().contains("query_name"), "{error}");

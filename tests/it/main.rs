@@ -1,9 +1,13 @@
 //! Tidewater's integration tests: one binary, one module per area.
 
+// A test that meets an unexpected error should stop right there, loudly.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod common;
 mod files;
 mod frame;
 mod options;
 mod query;
+mod slt;
 mod stateless;

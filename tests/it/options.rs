@@ -12,36 +12,78 @@ async fn error_of(session: &StreamingSession, sql: &str) -> tidewater::Error {
 #[tokio::test]
 async fn unknown_options_list_the_valid_ones() {
     let session = StreamingSession::new();
-    let e = error_of(&session, "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', max_file = '3')").await;
+    let e = error_of(
+        &session,
+        "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', max_file = '3')",
+    )
+    .await;
     let message = e.to_string();
     assert!(message.contains("unknown option 'max_file'"), "{message}");
     assert!(message.contains("max_files_per_trigger"), "{message}");
     assert!(message.starts_with("statement 1 (line 1)"), "{message}");
     assert_eq!(e.kind(), ErrorKind::User);
 
-    let message = error_of(&session, "CREATE TABLE s WITH (connector = 'console', colour = 'red')").await.to_string();
-    assert!(message.contains("unknown option 'colour'") && message.contains("output_mode"), "{message}");
+    let message = error_of(&session, "CREATE TABLE s WITH (connector = 'console', colour = 'red')")
+        .await
+        .to_string();
+    assert!(
+        message.contains("unknown option 'colour'") && message.contains("output_mode"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
 async fn bad_values_name_the_option_and_the_choices() {
     let session = StreamingSession::new();
     let cases = [
-        ("CREATE TABLE s WITH (connector = 'console', output_mode = 'appendd')", "append, update, complete"),
-        ("CREATE TABLE s WITH (connector = 'console', trigger = 'sometimes')", "option 'trigger'"),
-        ("CREATE TABLE s WITH (connector = 'console', trigger = '1 month')", "months"),
-        ("CREATE TABLE s WITH (connector = 'console', num_rows = '-1')", "option 'num_rows'"),
+        (
+            "CREATE TABLE s WITH (connector = 'console', output_mode = 'appendd')",
+            "append, update, complete",
+        ),
+        (
+            "CREATE TABLE s WITH (connector = 'console', trigger = 'sometimes')",
+            "option 'trigger'",
+        ),
+        (
+            "CREATE TABLE s WITH (connector = 'console', trigger = '1 month')",
+            "months",
+        ),
+        (
+            "CREATE TABLE s WITH (connector = 'console', num_rows = '-1')",
+            "option 'num_rows'",
+        ),
         ("CREATE TABLE s WITH (connector = 'kafkaa')", "one of: console, memory"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'files', format = 'xml', path = 'x')", "json, csv, parquet, text"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', mode = 'lenient')", "drop_malformed"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json')", "option 'path' is required"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', header = 'true')", "only apply to format 'csv'"),
-        ("CREATE TABLE t (a INT) WITH (connector = 'files', format = 'text', path = 'x')", "one string column"),
-        ("CREATE TABLE t (a INT) WITH (path = 'x')", "option 'connector' is required"),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'xml', path = 'x')",
+            "json, csv, parquet, text",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', mode = 'lenient')",
+            "drop_malformed",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json')",
+            "option 'path' is required",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'json', path = 'x', header = 'true')",
+            "only apply to format 'csv'",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (connector = 'files', format = 'text', path = 'x')",
+            "one string column",
+        ),
+        (
+            "CREATE TABLE t (a INT) WITH (path = 'x')",
+            "option 'connector' is required",
+        ),
     ];
     for (sql, expected) in cases {
         let message = error_of(&session, sql).await.to_string();
-        assert!(message.contains(expected), "{sql}\n  gave: {message}\n  expected to contain: {expected}");
+        assert!(
+            message.contains(expected),
+            "{sql}\n  gave: {message}\n  expected to contain: {expected}"
+        );
     }
 }
 
@@ -91,10 +133,16 @@ async fn queries_a_stream_cannot_serve_are_refused_at_start() {
         .await
         .unwrap();
     let cases = [
-        ("INSERT INTO c SELECT n FROM e", "output mode 'complete' needs an aggregation"),
+        (
+            "INSERT INTO c SELECT n FROM e",
+            "output mode 'complete' needs an aggregation",
+        ),
         ("INSERT INTO m SELECT s, count(*) FROM e GROUP BY s", "aggregation"),
         ("INSERT INTO m SELECT n FROM e ORDER BY n", "ORDER BY"),
-        ("INSERT INTO m SELECT a.n FROM e a JOIN e b ON a.n = b.n", "joining two streams"),
+        (
+            "INSERT INTO m SELECT a.n FROM e a JOIN e b ON a.n = b.n",
+            "joining two streams",
+        ),
         ("INSERT INTO m SELECT 1 AS one", "must read at least one stream"),
     ];
     for (sql, expected) in cases {
@@ -103,13 +151,21 @@ async fn queries_a_stream_cannot_serve_are_refused_at_start() {
     }
     // A plain query over a stream explains how to run it.
     let message = error_of(&session, "SELECT * FROM e").await.to_string();
-    assert!(message.contains("'e' is a stream") && message.contains("INSERT INTO"), "{message}");
+    assert!(
+        message.contains("'e' is a stream") && message.contains("INSERT INTO"),
+        "{message}"
+    );
     assert!(session.active_queries().is_empty());
 }
 
 #[tokio::test]
 async fn errors_point_at_the_statement_line() {
     let session = StreamingSession::new();
-    let message = error_of(&session, "CREATE TABLE e (n INT) WITH (connector = 'memory');\n\n\nSELEC oops;").await.to_string();
+    let message = error_of(
+        &session,
+        "CREATE TABLE e (n INT) WITH (connector = 'memory');\n\n\nSELEC oops;",
+    )
+    .await
+    .to_string();
     assert!(message.starts_with("statement 2 (line 4)"), "{message}");
 }

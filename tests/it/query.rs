@@ -27,8 +27,19 @@ async fn progress_uses_spark_field_names() {
     let progress = query.last_progress().unwrap();
     let json = serde_json::to_value(&progress).unwrap();
     for field in [
-        "id", "runId", "name", "timestamp", "batchId", "numInputRows", "inputRowsPerSecond",
-        "processedRowsPerSecond", "durationMs", "eventTime", "stateOperators", "sources", "sink",
+        "id",
+        "runId",
+        "name",
+        "timestamp",
+        "batchId",
+        "numInputRows",
+        "inputRowsPerSecond",
+        "processedRowsPerSecond",
+        "durationMs",
+        "eventTime",
+        "stateOperators",
+        "sources",
+        "sink",
     ] {
         assert!(json.get(field).is_some(), "missing {field} in {json}");
     }
@@ -123,6 +134,10 @@ async fn rate_source_generates_rows_per_second_on_a_processing_time_trigger() {
     let rows: u64 = query.recent_progress().iter().map(|p| p.num_input_rows).sum();
     // Paused time: the triggers at 1 s, 2 s and 3 s see exactly 10 new rows each.
     assert_eq!(rows, 30, "{:?}", query.recent_progress());
-    let values = crate::common::query_rows(&session, "SELECT min(value), max(value), count(DISTINCT value) FROM out").await;
+    let values = crate::common::query_rows(
+        &session,
+        "SELECT min(value), max(value), count(DISTINCT value) FROM out",
+    )
+    .await;
     assert_eq!(values, ["0|29|30"]);
 }

@@ -19,22 +19,37 @@ async fn session_with_events() -> StreamingSession {
 #[tokio::test]
 async fn projection_and_filter_run_per_batch() {
     let session = session_with_events().await;
-    let query = start(&session, "INSERT INTO out SELECT upper(action) AS action, phone_id FROM events WHERE phone_id > 10").await;
+    let query = start(
+        &session,
+        "INSERT INTO out SELECT upper(action) AS action, phone_id FROM events WHERE phone_id > 10",
+    )
+    .await;
 
-    push_json(&session, "events", &[
-        r#"{"phone_id": 5, "time": "2026-01-01T10:00:00", "action": "open"}"#,
-        r#"{"phone_id": 11, "time": "2026-01-01T10:01:00", "action": "open"}"#,
-    ]);
+    push_json(
+        &session,
+        "events",
+        &[
+            r#"{"phone_id": 5, "time": "2026-01-01T10:00:00", "action": "open"}"#,
+            r#"{"phone_id": 11, "time": "2026-01-01T10:01:00", "action": "open"}"#,
+        ],
+    );
     query.process_all_available().await.unwrap();
     assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["OPEN|11"]);
 
-    push_json(&session, "events", &[r#"{"phone_id": 12, "time": "2026-01-01T10:02:00", "action": "close"}"#]);
+    push_json(
+        &session,
+        "events",
+        &[r#"{"phone_id": 12, "time": "2026-01-01T10:02:00", "action": "close"}"#],
+    );
     query.process_all_available().await.unwrap();
     assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["OPEN|11", "CLOSE|12"]);
 
     let progress = query.recent_progress();
     assert_eq!(progress.iter().map(|p| p.num_input_rows).collect::<Vec<_>>(), [2, 1]);
-    assert_eq!(progress.iter().map(|p| p.sink.num_output_rows).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(
+        progress.iter().map(|p| p.sink.num_output_rows).collect::<Vec<_>>(),
+        [1, 1]
+    );
     query.stop().await.unwrap();
 }
 
@@ -51,10 +66,14 @@ async fn case_casts_and_string_functions() {
          FROM events",
     )
     .await;
-    push_json(&session, "events", &[
-        r#"{"phone_id": 1, "time": "2026-01-01T23:59:00", "action": "open"}"#,
-        r#"{"phone_id": 2, "time": "2026-01-02T00:00:00", "action": "close"}"#,
-    ]);
+    push_json(
+        &session,
+        "events",
+        &[
+            r#"{"phone_id": 1, "time": "2026-01-01T23:59:00", "action": "open"}"#,
+            r#"{"phone_id": 2, "time": "2026-01-02T00:00:00", "action": "close"}"#,
+        ],
+    );
     query.process_all_available().await.unwrap();
     assert_eq!(
         query_rows(&session, "SELECT * FROM out").await,
@@ -73,9 +92,16 @@ async fn words_split_with_unnest() {
          INSERT INTO words SELECT unnest(string_to_array(value, ' ')) AS word FROM lines",
     )
     .await;
-    push_json(&session, "lines", &[r#"{"value": "the quick fox"}"#, r#"{"value": "the end"}"#]);
+    push_json(
+        &session,
+        "lines",
+        &[r#"{"value": "the quick fox"}"#, r#"{"value": "the end"}"#],
+    );
     query.process_all_available().await.unwrap();
-    assert_eq!(query_rows(&session, "SELECT * FROM words").await, ["the", "quick", "fox", "the", "end"]);
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM words").await,
+        ["the", "quick", "fox", "the", "end"]
+    );
     query.stop().await.unwrap();
 }
 
@@ -91,10 +117,14 @@ async fn json_fields_extracted_from_a_string_column() {
          FROM rsvps WHERE json_get(value, 'venue') IS NOT NULL",
     )
     .await;
-    push_json(&session, "rsvps", &[
-        r#"{"value": "{\"venue\": {\"venue_name\": \"Hub\", \"lat\": 1.5}, \"response\": \"yes\"}"}"#,
-        r#"{"value": "{\"response\": \"no\"}"}"#,
-    ]);
+    push_json(
+        &session,
+        "rsvps",
+        &[
+            r#"{"value": "{\"venue\": {\"venue_name\": \"Hub\", \"lat\": 1.5}, \"response\": \"yes\"}"}"#,
+            r#"{"value": "{\"response\": \"no\"}"}"#,
+        ],
+    );
     query.process_all_available().await.unwrap();
     assert_eq!(query_rows(&session, "SELECT * FROM venues").await, ["Hub|yes"]);
     query.stop().await.unwrap();
@@ -158,7 +188,11 @@ async fn join_with_a_static_table_and_a_udf() {
          FROM calls c JOIN phones p ON c.phone_id = p.column1",
     )
     .await;
-    push_json(&session, "calls", &[r#"{"phone_id": 2}"#, r#"{"phone_id": 3}"#, r#"{"phone_id": 1}"#]);
+    push_json(
+        &session,
+        "calls",
+        &[r#"{"phone_id": 2}"#, r#"{"phone_id": 3}"#, r#"{"phone_id": 1}"#],
+    );
     query.process_all_available().await.unwrap();
     let mut rows = query_rows(&session, "SELECT * FROM named").await;
     rows.sort();
@@ -169,6 +203,10 @@ async fn join_with_a_static_table_and_a_udf() {
 #[tokio::test]
 async fn plain_queries_over_static_tables_behave_as_in_datafusion() {
     let session = StreamingSession::new();
-    let rows = query_rows(&session, "SELECT x, count(*) AS n FROM (VALUES (1), (1), (2)) AS t(x) GROUP BY x ORDER BY x").await;
+    let rows = query_rows(
+        &session,
+        "SELECT x, count(*) AS n FROM (VALUES (1), (1), (2)) AS t(x) GROUP BY x ORDER BY x",
+    )
+    .await;
     assert_eq!(rows, ["1|2", "2|1"]);
 }

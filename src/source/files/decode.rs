@@ -174,7 +174,9 @@ impl DecodePlan {
             return Err(ArrowError::ParseError("unexpected data after the record".into()));
         }
         decoder.decode(&[])?;
-        let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.data.clone()));
+        let batch = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.data.clone()));
         if batch.num_rows() != 1 {
             return Err(ArrowError::ParseError(format!(
                 "expected one record on the line, found {}",
@@ -195,8 +197,8 @@ impl DecodePlan {
             None => new_null_array(&DataType::Utf8, batch.num_rows()),
         };
         let corrupt_type = self.output.field(index).data_type();
-        let corrupt = cast(&corrupt, corrupt_type)
-            .map_err(|e| Error::Internal(format!("_corrupt_record column: {e}")))?;
+        let corrupt =
+            cast(&corrupt, corrupt_type).map_err(|e| Error::Internal(format!("_corrupt_record column: {e}")))?;
         columns.insert(index, corrupt);
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| Error::Internal(format!("adding _corrupt_record: {e}")))

@@ -105,7 +105,11 @@ impl FilesSource {
     pub fn try_new(config: FilesSourceConfig) -> Result<Self> {
         if config.format == FileFormat::Text {
             let fields = config.schema.fields();
-            let ok = fields.len() == 1 && matches!(fields[0].data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View);
+            let ok = fields.len() == 1
+                && matches!(
+                    fields[0].data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                );
             if !ok {
                 return Err(Error::plan(format!(
                     "format 'text' produces one string column (value VARCHAR), but the stream declares {}",
@@ -114,7 +118,10 @@ impl FilesSource {
             }
         }
         if let Ok(i) = config.schema.index_of(CORRUPT_RECORD_COLUMN)
-            && !matches!(config.schema.field(i).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            && !matches!(
+                config.schema.field(i).data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
         {
             return Err(Error::plan(format!("column {CORRUPT_RECORD_COLUMN} must be VARCHAR")));
         }
@@ -211,7 +218,11 @@ fn is_data_file(name: &str) -> bool {
 }
 
 fn describe_columns(schema: &SchemaRef) -> String {
-    let columns: Vec<String> = schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
     format!("({})", columns.join(", "))
 }
 
@@ -272,7 +283,11 @@ impl Source for FilesSource {
             .ok_or_else(|| Error::Internal(format!("files source has no files {from}..{to} in its log")))?
             .to_vec();
         let schema = project_schema(&self.config.schema, projection)?;
-        let plan = Arc::new(DecodePlan::new(self.config.format.clone(), self.config.mode, schema.clone()));
+        let plan = Arc::new(DecodePlan::new(
+            self.config.format.clone(),
+            self.config.mode,
+            schema.clone(),
+        ));
         let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
         let source = self;
         let decoded: Vec<_> = futures::stream::iter(files)
@@ -297,13 +312,24 @@ impl Source for FilesSource {
 
     fn metrics(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("numMalformedRecords".to_string(), self.malformed.load(Ordering::Relaxed).to_string()),
-            ("numDroppedMalformedRecords".to_string(), self.dropped.load(Ordering::Relaxed).to_string()),
+            (
+                "numMalformedRecords".to_string(),
+                self.malformed.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "numDroppedMalformedRecords".to_string(),
+                self.dropped.load(Ordering::Relaxed).to_string(),
+            ),
         ])
     }
 }
 
-async fn read_file(store: Arc<dyn ObjectStore>, location: Path, name: String, plan: Arc<DecodePlan>) -> Result<Decoded> {
+async fn read_file(
+    store: Arc<dyn ObjectStore>,
+    location: Path,
+    name: String,
+    plan: Arc<DecodePlan>,
+) -> Result<Decoded> {
     let bytes = match store.get(&location).await {
         Ok(result) => result.bytes().await,
         Err(e) => Err(e),

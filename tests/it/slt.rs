@@ -1,0 +1,84 @@
+//! SQL semantics as data: every `tests/slt/*.slt` file runs through the sqllogictest runner.
+//!
+//! Before each statement, every running query processes all input pushed so far, so a file reads
+//! as "push rows (INSERT INTO a memory stream), then look at the sink". Rewrite the expected
+//! results after a deliberate change with `TIDEWATER_SLT_COMPLETE=1 cargo test slt` and review
+//! the diff.
+
+use async_trait::async_trait;
+use sqllogictest::{DBOutput, DefaultColumnType};
+use tidewater::StreamingSession;
+
+struct Tidewater {
+    session: StreamingSession,
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for Tidewater {
+    type Error = tidewater::Error;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, tidewater::Error> {
+        for query in self.session.active_queries() {
+            query.process_all_available().await?;
+        }
+        let frame = self.session.sql(sql).await?;
+        let is_query = sql.trim_start().to_ascii_lowercase().starts_with("select");
+        let batches = frame.collect().await?;
+        if !is_query {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let rows = crate::common::cells(&batches);
+        let width = batches.first().map_or(0, |b| b.num_columns());
+        Ok(DBOutput::Rows {
+            types: vec![DefaultColumnType::Any; width],
+            rows,
+        })
+    }
+
+    async fn shutdown(&mut self) {
+        for query in self.session.active_queries() {
+            let _ = query.stop().await;
+        }
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+#[tokio::test]
+async fn slt() {
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/slt")).unwrap();
+    let mut paths: Vec<_> = files
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no .slt files found");
+    let complete = std::env::var_os("TIDEWATER_SLT_COMPLETE").is_some();
+    for path in paths {
+        let mut runner = sqllogictest::Runner::new(|| async {
+            Ok(Tidewater {
+                session: StreamingSession::new(),
+            })
+        });
+        if complete {
+            runner
+                .update_test_file(
+                    &path,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        } else {
+            runner
+                .run_file_async(&path)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
