@@ -14,11 +14,12 @@ pub(crate) mod scan;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
 pub(crate) use scan::{StreamScanExec, StreamTable};
@@ -30,8 +31,13 @@ use crate::source::Source;
 /// A streaming query's plan: made once, bound to new rows every batch.
 #[derive(Debug)]
 pub(crate) struct IncrementalPlan {
+    logical: LogicalPlan,
     physical: Arc<dyn ExecutionPlan>,
     scans: Vec<ScanSpec>,
+    /// The query reads the clock (`now()`, `current_date`, ...). DataFusion folds those into
+    /// constants when it plans, so such a query is planned again each batch with the batch's
+    /// timestamp, as Spark evaluates `current_timestamp()` per batch.
+    reads_clock: bool,
 }
 
 /// One stream scan in the plan: what the driver must read for it each batch.
@@ -61,7 +67,7 @@ impl IncrementalPlan {
                  row ever seen; use output_mode 'append' (or 'update')",
             ));
         }
-        let physical = state.create_physical_plan(logical).await?;
+        let physical = plan_at(state, logical, chrono::Utc::now()).await?;
         let mut scans = Vec::new();
         physical.apply(|node| {
             if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
@@ -73,7 +79,12 @@ impl IncrementalPlan {
             Ok(TreeNodeRecursion::Continue)
         })?;
         tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "incremental plan");
-        Ok(IncrementalPlan { physical, scans })
+        Ok(IncrementalPlan {
+            logical: logical.clone(),
+            physical,
+            scans,
+            reads_clock: reads_clock(logical),
+        })
     }
 
     /// The stream scans, in the order [`IncrementalPlan::bind`] takes their inputs.
@@ -82,8 +93,13 @@ impl IncrementalPlan {
     }
 
     /// The physical plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
-    /// so the plan can run again.
-    pub(crate) fn bind(&self, inputs: Vec<SendableRecordBatchStream>) -> Result<Arc<dyn ExecutionPlan>> {
+    /// so the plan can run again. `batch_time` is what `now()` returns in this batch.
+    pub(crate) async fn bind(
+        &self,
+        state: &SessionState,
+        batch_time: DateTime<Utc>,
+        inputs: Vec<SendableRecordBatchStream>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         if inputs.len() != self.scans.len() {
             return Err(Error::Internal(format!(
                 "{} inputs for {} stream scans",
@@ -92,8 +108,12 @@ impl IncrementalPlan {
             )));
         }
         // `apply` above and `transform_up` here visit leaves in the same (left to right) order.
+        let template = match self.reads_clock {
+            true => plan_at(state, &self.logical, batch_time).await?,
+            false => Arc::clone(&self.physical),
+        };
         let mut inputs = inputs.into_iter();
-        let bound = Arc::clone(&self.physical).transform_up(|node| {
+        let bound = template.transform_up(|node| {
             if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
                 let input = inputs
                     .next()
@@ -109,6 +129,37 @@ impl IncrementalPlan {
     pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
         self.physical.schema()
     }
+}
+
+/// Plans `logical` physically with `now()` fixed at `time`.
+async fn plan_at(state: &SessionState, logical: &LogicalPlan, time: DateTime<Utc>) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut state = state.clone();
+    let config = Arc::clone(state.config_options());
+    let props = state.execution_props_mut();
+    props.mark_start_execution(config);
+    props.query_execution_start_time = Some(time);
+    Ok(state.create_physical_plan(logical).await?)
+}
+
+/// True when the plan calls a function whose value is the current time or date.
+fn reads_clock(plan: &LogicalPlan) -> bool {
+    const CLOCK_FUNCTIONS: &[&str] = &["now", "current_timestamp", "current_date", "current_time", "today"];
+    let mut found = false;
+    // The closures never fail, so neither does the walk.
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e
+                    && CLOCK_FUNCTIONS.contains(&f.func.name())
+                {
+                    found = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// The stream a table scan reads, if it reads one.

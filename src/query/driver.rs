@@ -98,6 +98,7 @@ impl Driver {
                 return Ok(());
             }
             let trigger_start = Instant::now();
+            let batch_time = chrono::Utc::now();
             self.shared.checks.send_modify(|c| c.0 += 1);
             let check = *self.shared.checks.borrow();
             self.shared.set_status("Getting offsets from sources", false, true);
@@ -150,7 +151,7 @@ impl Driver {
                 }
                 let get_batch_ms = read_start.elapsed().as_millis() as u64;
                 let add_start = Instant::now();
-                let bound = self.plan.bind(inputs)?;
+                let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
                 let output = execute_stream(bound, self.state.task_ctx())?;
                 let rows = self.sink.add_batch(batch_id, self.output_mode, output).await?;
                 tracing::debug!(rows, "batch written");
