@@ -9,5 +9,6 @@ mod files;
 mod frame;
 mod options;
 mod query;
+mod sinks;
 mod slt;
 mod stateless;
