@@ -61,12 +61,14 @@
 pub(crate) mod connector;
 mod error;
 mod frame;
+pub(crate) mod operator;
 pub(crate) mod planner;
 mod query;
 mod session;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod sql;
+pub(crate) mod state;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};

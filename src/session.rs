@@ -102,6 +102,9 @@ impl StreamingSession {
     /// A session with this DataFusion configuration.
     pub fn with_config(config: SessionConfig) -> Self {
         let mut ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
+            crate::sql::window::TimeWindow::new(),
+        ));
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");
         }

@@ -1,15 +1,21 @@
 //! Incrementalization: from a query over streams to a plan that runs one batch at a time.
 //!
 //! # Background
-//! A streaming query is planned by DataFusion once, when it starts, into an ordinary physical plan
+//! A streaming query is planned by DataFusion once, when it starts, into ordinary physical plans
 //! whose stream scans are placeholders ([`StreamScanExec`]). Each batch, [`IncrementalPlan::bind`]
 //! hands every placeholder the batch's rows and resets the state of the other nodes, which gives a
 //! bounded plan that DataFusion runs to completion. Bounded per-batch plans keep us clear of
 //! DataFusion's open questions about never-ending inputs, and planning stays out of the hot loop.
 //!
+//! A query with an aggregation over a stream is cut in three (see [`aggregate`]): the *batch
+//! plan* up to DataFusion's partial aggregation, the [`StatefulAggregate`] operator that merges
+//! partial states across batches, and the *post plan* (HAVING, projection, ORDER BY/LIMIT) over
+//! what the operator emits.
+//!
 //! This module also decides what a query may do on a stream and in which output mode, and refuses
 //! the rest when the query starts, saying why and what would work. It does no I/O.
 
+pub(crate) mod aggregate;
 pub(crate) mod scan;
 
 use std::sync::Arc;
@@ -22,22 +28,37 @@ use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
+pub(crate) use aggregate::AggregatePlan;
 pub(crate) use scan::{StreamScanExec, StreamTable};
 
 use crate::error::{Error, Result};
+use crate::operator::StatefulAggregate;
 use crate::sink::OutputMode;
 use crate::source::Source;
+use crate::sql::Watermark;
 
 /// A streaming query's plan: made once, bound to new rows every batch.
 #[derive(Debug)]
 pub(crate) struct IncrementalPlan {
+    /// What runs over each batch's rows: the whole query when it is stateless, otherwise the
+    /// partial aggregation.
+    batch: BatchPlan,
+    scans: Vec<ScanSpec>,
+    /// The aggregation, for a stateful query.
+    aggregate: Option<AggregatePlan>,
+}
+
+/// The per-batch part of a plan.
+#[derive(Debug)]
+struct BatchPlan {
     logical: LogicalPlan,
     physical: Arc<dyn ExecutionPlan>,
-    scans: Vec<ScanSpec>,
     /// The query reads the clock (`now()`, `current_date`, ...). DataFusion folds those into
-    /// constants when it plans, so such a query is planned again each batch with the batch's
+    /// constants when it plans, so such a plan is made again each batch with the batch's
     /// timestamp, as Spark evaluates `current_timestamp()` per batch.
     reads_clock: bool,
+    /// Takes the partial aggregation out of DataFusion's plan of an aggregate, if this is one.
+    partial: bool,
 }
 
 /// One stream scan in the plan: what the driver must read for it each batch.
@@ -45,6 +66,8 @@ pub(crate) struct IncrementalPlan {
 pub(crate) struct ScanSpec {
     pub(crate) source: Arc<dyn Source>,
     pub(crate) projection: Option<Vec<usize>>,
+    /// The stream's watermark and the position of its event-time column in the scan's output.
+    pub(crate) watermark: Option<(Watermark, usize)>,
 }
 
 impl IncrementalPlan {
@@ -60,30 +83,40 @@ impl IncrementalPlan {
                  or read_stream()); for static tables run the query directly",
             ));
         }
-        check_stateless(logical)?;
-        if mode == OutputMode::Complete {
-            return Err(Error::plan(
-                "output mode 'complete' needs an aggregation: without one the result table is every \
-                 row ever seen; use output_mode 'append' (or 'update')",
-            ));
-        }
-        let physical = plan_at(state, logical, chrono::Utc::now()).await?;
-        let mut scans = Vec::new();
-        physical.apply(|node| {
-            if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
-                scans.push(ScanSpec {
-                    source: scan.source.clone(),
-                    projection: scan.projection.clone(),
-                });
+        let analyzed = state
+            .analyzer()
+            .execute_and_check(logical.clone(), state.config_options(), |_, _| {})?;
+        let (batch_logical, aggregate, partial) = match aggregate::split(state, &analyzed, mode).await? {
+            Some((input, plan)) => (input, Some(plan), true),
+            None => {
+                check_stateless(&analyzed)?;
+                if mode == OutputMode::Complete {
+                    return Err(Error::plan(
+                        "output mode 'complete' needs an aggregation: without one the result table is every \
+                         row ever seen; use output_mode 'append' (or 'update')",
+                    ));
+                }
+                (analyzed, None, false)
             }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
-        tracing::debug!(plan = %datafusion::physical_plan::displayable(physical.as_ref()).indent(false), "incremental plan");
+        };
+        let mut batch = BatchPlan {
+            reads_clock: reads_clock(&batch_logical),
+            physical: Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
+                datafusion::arrow::datatypes::Schema::empty(),
+            ))),
+            logical: batch_logical,
+            partial,
+        };
+        batch.physical = batch.plan_at(state, Utc::now()).await?;
+        let scans = scans_of(&batch.physical);
+        tracing::debug!(
+            plan = %datafusion::physical_plan::displayable(batch.physical.as_ref()).indent(false),
+            "incremental plan"
+        );
         Ok(IncrementalPlan {
-            logical: logical.clone(),
-            physical,
+            batch,
             scans,
-            reads_clock: reads_clock(logical),
+            aggregate,
         })
     }
 
@@ -92,7 +125,20 @@ impl IncrementalPlan {
         &self.scans
     }
 
-    /// The physical plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
+    /// The stateful aggregation, if the query has one.
+    pub(crate) fn aggregate(&self) -> Option<&AggregatePlan> {
+        self.aggregate.as_ref()
+    }
+
+    /// A fresh operator for the query's aggregation.
+    pub(crate) fn new_operator(&self) -> Result<Option<StatefulAggregate>> {
+        self.aggregate
+            .as_ref()
+            .map(|a| a.new_operator(&self.batch.physical))
+            .transpose()
+    }
+
+    /// The batch plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
     /// so the plan can run again. `batch_time` is what `now()` returns in this batch.
     pub(crate) async fn bind(
         &self,
@@ -100,45 +146,92 @@ impl IncrementalPlan {
         batch_time: DateTime<Utc>,
         inputs: Vec<SendableRecordBatchStream>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if inputs.len() != self.scans.len() {
-            return Err(Error::Internal(format!(
-                "{} inputs for {} stream scans",
-                inputs.len(),
-                self.scans.len()
-            )));
-        }
-        // `apply` above and `transform_up` here visit leaves in the same (left to right) order.
-        let template = match self.reads_clock {
-            true => plan_at(state, &self.logical, batch_time).await?,
-            false => Arc::clone(&self.physical),
+        let template = match self.batch.reads_clock {
+            true => self.batch.plan_at(state, batch_time).await?,
+            false => Arc::clone(&self.batch.physical),
         };
-        let mut inputs = inputs.into_iter();
-        let bound = template.transform_up(|node| {
-            if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
-                let input = inputs
-                    .next()
-                    .ok_or_else(|| Error::Internal("too few inputs for the stream scans".into()).into_datafusion())?;
-                return Ok(Transformed::yes(Arc::new(scan.bind(input)) as Arc<dyn ExecutionPlan>));
-            }
-            Ok(Transformed::yes(node.reset_state()?))
-        })?;
-        Ok(bound.data)
+        bind_inputs(template, inputs)
     }
 
-    /// The output schema.
+    /// The output schema of the whole query.
     pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        self.physical.schema()
+        match &self.aggregate {
+            Some(a) => a.post_schema(),
+            None => self.batch.physical.schema(),
+        }
     }
 }
 
-/// Plans `logical` physically with `now()` fixed at `time`.
-async fn plan_at(state: &SessionState, logical: &LogicalPlan, time: DateTime<Utc>) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut state = state.clone();
-    let config = Arc::clone(state.config_options());
-    let props = state.execution_props_mut();
-    props.mark_start_execution(config);
-    props.query_execution_start_time = Some(time);
-    Ok(state.create_physical_plan(logical).await?)
+impl BatchPlan {
+    /// Plans physically with `now()` fixed at `time`.
+    async fn plan_at(&self, state: &SessionState, time: DateTime<Utc>) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut state = state.clone();
+        let config = Arc::clone(state.config_options());
+        let props = state.execution_props_mut();
+        props.mark_start_execution(config);
+        props.query_execution_start_time = Some(time);
+        let physical = state.create_physical_plan(&self.logical).await?;
+        match self.partial {
+            true => aggregate::partial_of(physical),
+            false => Ok(physical),
+        }
+    }
+}
+
+/// Replaces the stream scans of `plan`, left to right, with `inputs`, and resets every other node.
+pub(crate) fn bind_inputs(
+    plan: Arc<dyn ExecutionPlan>,
+    inputs: Vec<SendableRecordBatchStream>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let expected = count_scans(&plan);
+    if inputs.len() != expected {
+        return Err(Error::Internal(format!(
+            "{} inputs for {expected} stream scans",
+            inputs.len()
+        )));
+    }
+    // `scans_of` and `transform_up` visit leaves in the same (left to right) order.
+    let mut inputs = inputs.into_iter();
+    let bound = plan.transform_up(|node| {
+        if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
+            let input = inputs
+                .next()
+                .ok_or_else(|| Error::Internal("too few inputs for the stream scans".into()).into_datafusion())?;
+            return Ok(Transformed::yes(Arc::new(scan.bind(input)) as Arc<dyn ExecutionPlan>));
+        }
+        Ok(Transformed::yes(node.reset_state()?))
+    })?;
+    Ok(bound.data)
+}
+
+fn count_scans(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let mut n = 0;
+    let _ = plan.apply(|node| {
+        n += usize::from(node.downcast_ref::<StreamScanExec>().is_some());
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
+}
+
+fn scans_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<ScanSpec> {
+    let mut scans = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<StreamScanExec>()
+            && let Some(origin) = &scan.origin
+        {
+            let watermark = origin.watermark.as_ref().and_then(|w| {
+                let index = scan.properties().eq_properties.schema().index_of(&w.column).ok()?;
+                Some((w.clone(), index))
+            });
+            scans.push(ScanSpec {
+                source: origin.source.clone(),
+                projection: scan.projection.clone(),
+                watermark,
+            });
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans
 }
 
 /// True when the plan calls a function whose value is the current time or date.
@@ -162,13 +255,18 @@ fn reads_clock(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// The stream a table scan reads, if it reads one.
-pub(crate) fn scanned_stream(node: &LogicalPlan) -> Option<String> {
+/// The stream table a table scan reads, if it reads one.
+pub(crate) fn scanned_table(node: &LogicalPlan) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
     let LogicalPlan::TableScan(scan) = node else {
         return None;
     };
     let provider = source_as_provider(&scan.source).ok()?;
-    provider.downcast_ref::<StreamTable>().map(|t| t.name.clone())
+    provider.downcast_ref::<StreamTable>().is_some().then_some(provider)
+}
+
+/// The stream a table scan reads, if it reads one.
+pub(crate) fn scanned_stream(node: &LogicalPlan) -> Option<String> {
+    scanned_table(node).and_then(|p| p.downcast_ref::<StreamTable>().map(|t| t.name.clone()))
 }
 
 /// True when the plan reads a stream anywhere.
@@ -186,22 +284,23 @@ pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
     found
 }
 
-/// Refuses operations that need state across batches; they arrive with the stateful operators.
-fn check_stateless(plan: &LogicalPlan) -> Result<()> {
+/// Refuses operations that need state across batches and that no operator handles.
+pub(crate) fn check_stateless(plan: &LogicalPlan) -> Result<()> {
     let mut problem = None;
     plan.apply(|node| {
         let streaming: Vec<bool> = node.inputs().iter().map(|i| contains_stream(i)).collect();
         let any = streaming.iter().any(|s| *s);
         problem = match node {
             LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) if any => Some(
-                "aggregation (GROUP BY, DISTINCT or an aggregate function) over a stream is not supported \
-                 in this version; stateless queries (projection, filter, unnest, joins with static tables) are",
+                "this aggregation over a stream is not supported: a query may have one aggregation (GROUP BY \
+                 or aggregate functions), with only projections, filters and, in complete mode, ORDER BY / \
+                 LIMIT after it; DISTINCT is not supported yet",
             ),
             LogicalPlan::Sort(_) if any => Some(
                 "ORDER BY over a stream is not supported: a stream has no end to sort to (sorting is \
                  possible after an aggregation in complete mode)",
             ),
-            LogicalPlan::Limit(_) if any => Some("LIMIT over a stream is not supported"),
+            LogicalPlan::Limit(_) if any => Some("LIMIT over a stream is not supported (it is after an aggregation in complete mode)"),
             LogicalPlan::Window(_) if any => {
                 Some("window functions (OVER ...) over a stream are not supported; use GROUP BY window(...) for time windows")
             }

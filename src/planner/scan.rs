@@ -5,6 +5,9 @@
 //! and, for every batch, binds the batch's rows into each scan (see
 //! [`IncrementalPlan::bind`](super::IncrementalPlan::bind)). Executing an unbound scan is what
 //! happens when someone runs a plain query over a stream, and it says so.
+//!
+//! The same leaf, without a source, feeds a stateful operator's output into the plan that runs
+//! after it ([`OperatorOutputTable`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -20,14 +23,14 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 
 use crate::source::{Source, project_schema};
+use crate::sql::Watermark;
 
 /// A stream in the catalog: the source plus its declared event-time watermark.
 #[derive(Debug)]
 pub(crate) struct StreamTable {
     pub(crate) name: String,
     pub(crate) source: Arc<dyn Source>,
-    #[expect(dead_code, reason = "declared now, read by event-time aggregation")]
-    pub(crate) watermark: Option<crate::sql::Watermark>,
+    pub(crate) watermark: Option<Watermark>,
 }
 
 #[async_trait]
@@ -49,9 +52,13 @@ impl TableProvider for StreamTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let schema =
             project_schema(&self.source.schema(), projection.map(|p| p.as_slice())).map_err(|e| e.into_datafusion())?;
+        let origin = ScanOrigin {
+            source: self.source.clone(),
+            watermark: self.watermark.clone(),
+        };
         Ok(Arc::new(StreamScanExec::new(
             self.name.clone(),
-            self.source.clone(),
+            Some(origin),
             projection.cloned(),
             schema,
             None,
@@ -59,10 +66,52 @@ impl TableProvider for StreamTable {
     }
 }
 
+/// The output of a stateful operator, as a table the rest of the query reads.
+#[derive(Debug)]
+pub(crate) struct OperatorOutputTable {
+    pub(crate) schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for OperatorOutputTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let schema = project_schema(&self.schema, projection.map(|p| p.as_slice())).map_err(|e| e.into_datafusion())?;
+        Ok(Arc::new(StreamScanExec::new(
+            "stateful operator output".to_string(),
+            None,
+            projection.cloned(),
+            schema,
+            None,
+        )))
+    }
+}
+
+/// Where a stream scan's rows come from.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanOrigin {
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) watermark: Option<Watermark>,
+}
+
 /// The leaf of a streaming plan: one batch's rows of one stream, once bound.
 pub(crate) struct StreamScanExec {
     pub(crate) stream: String,
-    pub(crate) source: Arc<dyn Source>,
+    /// The stream's source; `None` for a stateful operator's output.
+    pub(crate) origin: Option<ScanOrigin>,
     pub(crate) projection: Option<Vec<usize>>,
     /// The batch's rows; taken by the (single) execution of this node.
     input: Mutex<Option<SendableRecordBatchStream>>,
@@ -74,7 +123,7 @@ pub(crate) struct StreamScanExec {
 impl StreamScanExec {
     pub(crate) fn new(
         stream: String,
-        source: Arc<dyn Source>,
+        origin: Option<ScanOrigin>,
         projection: Option<Vec<usize>>,
         schema: SchemaRef,
         input: Option<SendableRecordBatchStream>,
@@ -87,7 +136,7 @@ impl StreamScanExec {
         );
         StreamScanExec {
             stream,
-            source,
+            origin,
             projection,
             bound: input.is_some(),
             input: Mutex::new(input),
@@ -99,7 +148,7 @@ impl StreamScanExec {
     pub(crate) fn bind(&self, input: SendableRecordBatchStream) -> Self {
         StreamScanExec::new(
             self.stream.clone(),
-            self.source.clone(),
+            self.origin.clone(),
             self.projection.clone(),
             self.properties.eq_properties.schema().clone(),
             Some(input),

@@ -7,20 +7,21 @@
 //! moves them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
-use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{collect, execute_stream};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::progress::{SinkProgress, SourceProgress, StreamingQueryProgress, rate};
+use super::progress::{SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, rate};
 use super::{Outcome, QueryShared, Trigger};
 use crate::error::{Error, Result};
+use crate::operator::OperatorMetrics;
 use crate::planner::IncrementalPlan;
 use crate::sink::{OutputMode, Sink};
 use crate::source::{Offset, ReadLimit, Source};
@@ -45,6 +46,35 @@ struct SourceCursor {
     committed: Option<Offset>,
     /// The end offset for `available_now`, fixed when the query starts.
     cap: Option<Offset>,
+    /// The watermark delay in nanoseconds, when the stream declares a watermark.
+    delay: Option<i64>,
+    /// The largest event time read so far, in nanoseconds (`i64::MIN` before any).
+    max_event_time: Arc<AtomicI64>,
+}
+
+/// The event-time watermarks, in nanoseconds since the epoch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Watermarks {
+    /// The watermark the previous batch ran with: rows of windows closed by it are late.
+    previous: Option<i64>,
+    /// The watermark for the next batch, computed after the last one; it closes windows.
+    current: Option<i64>,
+}
+
+impl Watermarks {
+    /// Moves on after a batch: `max(event time) - delay`, the minimum over watermarked sources
+    /// that have seen rows, never going back.
+    fn advance(&mut self, cursors: &[SourceCursor]) {
+        self.previous = self.current;
+        let candidates = cursors.iter().filter_map(|c| {
+            let delay = c.delay?;
+            let max = c.max_event_time.load(Ordering::Relaxed);
+            (max != i64::MIN).then(|| max.saturating_sub(delay))
+        });
+        if let Some(next) = candidates.min() {
+            self.current = Some(self.current.map_or(next, |w| w.max(next)));
+        }
+    }
 }
 
 impl Driver {
@@ -79,12 +109,20 @@ impl Driver {
                         source: scan.source.clone(),
                         committed: None,
                         cap: None,
+                        delay: None,
+                        max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
                     });
                     cursors.len() - 1
                 }
             };
+            if let Some((watermark, _)) = &scan.watermark {
+                cursors[index].delay = Some(watermark.delay.as_nanos() as i64);
+            }
             scan_cursor.push(index);
         }
+        let mut operator = self.plan.new_operator()?;
+        let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
+        let mut watermarks = Watermarks::default();
         if self.trigger == Trigger::AvailableNow {
             for cursor in &mut cursors {
                 cursor.cap = cursor.source.latest_offset(None, ReadLimit::All).await?;
@@ -115,8 +153,11 @@ impl Driver {
             }
             let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
             let has_data = cursors.iter().zip(&ends).any(|(c, e)| e.is_some() && *e != c.committed);
+            // A batch without new rows still runs when the watermark has moved, so that windows it
+            // closes are emitted and evicted.
+            let watermark_moved = event_time && watermarks.current != watermarks.previous && batch_id > 0;
 
-            if !has_data {
+            if !has_data && !watermark_moved {
                 self.shared.checks.send_modify(|c| c.1 = check.0);
                 if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
                     return Ok(());
@@ -130,9 +171,10 @@ impl Driver {
                 continue;
             }
 
-            self.shared.set_status("Processing new data", true, true);
+            self.shared.set_status("Processing new data", has_data, true);
             let span = tracing::info_span!("batch", batch_id);
             let counters: Vec<Arc<AtomicU64>> = cursors.iter().map(|_| Arc::default()).collect();
+            let mut operator_metrics = None;
             let (get_batch_ms, add_batch_ms, output_rows) = async {
                 let read_start = Instant::now();
                 let mut inputs = Vec::with_capacity(scan_cursor.len());
@@ -147,12 +189,25 @@ impl Driver {
                         }
                         None => empty_stream(scan.source.as_ref(), scan.projection.as_deref())?,
                     };
-                    inputs.push(counted(stream, counters[c].clone()));
+                    let event_time = scan
+                        .watermark
+                        .as_ref()
+                        .map(|(_, column)| (*column, cursor.max_event_time.clone()));
+                    inputs.push(counted(stream, counters[c].clone(), event_time));
                 }
                 let get_batch_ms = read_start.elapsed().as_millis() as u64;
                 let add_start = Instant::now();
                 let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
-                let output = execute_stream(bound, self.state.task_ctx())?;
+                let output = match (operator.as_mut(), self.plan.aggregate()) {
+                    (Some(operator), Some(aggregate)) => {
+                        let partial = collect(bound, self.state.task_ctx()).await?;
+                        let (emitted, metrics) =
+                            operator.process(&partial, self.output_mode, watermarks.previous, watermarks.current)?;
+                        operator_metrics = Some(metrics);
+                        execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?
+                    }
+                    _ => execute_stream(bound, self.state.task_ctx())?,
+                };
                 let rows = self.sink.add_batch(batch_id, self.output_mode, output).await?;
                 tracing::debug!(rows, "batch written");
                 Ok::<_, Error>((get_batch_ms, add_start.elapsed().as_millis() as u64, rows))
@@ -172,8 +227,12 @@ impl Driver {
                     cursor.committed = end.clone();
                 }
             }
+            let batch_watermark = watermarks.current;
+            watermarks.advance(&cursors);
             self.record_progress(Report {
                 batch_id,
+                watermark: batch_watermark,
+                operator: operator_metrics,
                 trigger_start,
                 previous_trigger,
                 latest_offset_ms,
@@ -257,8 +316,24 @@ impl Driver {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-            event_time: Default::default(),
-            state_operators: Vec::new(),
+            event_time: r
+                .watermark
+                .map(|w| ("watermark".to_string(), iso_time(w)))
+                .into_iter()
+                .collect(),
+            state_operators: r
+                .operator
+                .map(|m| StateOperatorProgress {
+                    operator_name: "stateStoreSave".to_string(),
+                    num_rows_total: m.rows_total,
+                    num_rows_updated: m.rows_updated,
+                    num_rows_removed: m.rows_removed,
+                    memory_used_bytes: m.memory_bytes,
+                    num_rows_dropped_by_watermark: m.dropped_by_watermark,
+                    custom_metrics: [("numRowsWithNullEventTime".to_string(), m.null_event_time)].into(),
+                })
+                .into_iter()
+                .collect(),
             sources,
             sink: SinkProgress {
                 description: self.sink.description(),
@@ -278,6 +353,9 @@ impl Driver {
 /// The facts of one batch that its progress report is made of.
 struct Report<'a> {
     batch_id: u64,
+    /// The watermark the batch ran with.
+    watermark: Option<i64>,
+    operator: Option<OperatorMetrics>,
     trigger_start: Instant,
     previous_trigger: Option<Instant>,
     latest_offset_ms: u64,
@@ -289,15 +367,31 @@ struct Report<'a> {
     counters: &'a [Arc<AtomicU64>],
 }
 
-/// Counts the rows that pass through `stream` into `counter`.
-fn counted(stream: SendableRecordBatchStream, counter: Arc<AtomicU64>) -> SendableRecordBatchStream {
+/// Counts the rows that pass through `stream` into `counter` and, given an event-time column,
+/// keeps the largest event time seen in `max`.
+fn counted(
+    stream: SendableRecordBatchStream,
+    counter: Arc<AtomicU64>,
+    event_time: Option<(usize, Arc<AtomicI64>)>,
+) -> SendableRecordBatchStream {
     let schema = stream.schema();
     let counting = stream.inspect(move |batch| {
         if let Ok(batch) = batch {
             counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            if let Some((column, max)) = &event_time
+                && let Ok(nanos) = crate::operator::aggregate::to_nanos(batch.column(*column))
+                && let Some(latest) = datafusion::arrow::compute::max(&nanos)
+            {
+                max.fetch_max(latest, Ordering::Relaxed);
+            }
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, counting))
+}
+
+/// Nanoseconds since the epoch as ISO 8601 UTC, the way progress reports show times.
+fn iso_time(nanos: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(nanos).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// No rows, for a source that has never had input while another source of the query has.

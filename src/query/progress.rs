@@ -55,6 +55,8 @@ pub struct StateOperatorProgress {
     pub memory_used_bytes: u64,
     /// Input rows too late for the watermark, dropped and counted.
     pub num_rows_dropped_by_watermark: u64,
+    /// Further counters, e.g. `numRowsWithNullEventTime` (rows skipped for lack of event time).
+    pub custom_metrics: BTreeMap<String, u64>,
 }
 
 /// What one source delivered in a batch.

@@ -9,6 +9,8 @@
 //! The `WATERMARK` clause is not SQL that sqlparser knows; it is cut out of the token stream before
 //! parsing and kept beside the table.
 
+pub(crate) mod window;
+
 use std::time::Duration;
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};

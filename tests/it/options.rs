@@ -137,8 +137,43 @@ async fn queries_a_stream_cannot_serve_are_refused_at_start() {
             "INSERT INTO c SELECT n FROM e",
             "output mode 'complete' needs an aggregation",
         ),
-        ("INSERT INTO m SELECT s, count(*) FROM e GROUP BY s", "aggregation"),
+        (
+            "INSERT INTO m SELECT s, count(*) FROM e GROUP BY s",
+            "needs an event-time window with a watermark",
+        ),
+        (
+            "INSERT INTO m SELECT DISTINCT s FROM e",
+            "DISTINCT is not supported yet",
+        ),
+        (
+            "INSERT INTO c SELECT n, count(*) FROM (SELECT s, count(*) AS n FROM e GROUP BY s) GROUP BY n",
+            "one aggregation",
+        ),
         ("INSERT INTO m SELECT n FROM e ORDER BY n", "ORDER BY"),
+        (
+            "INSERT INTO m SELECT s, count(*) AS k FROM e GROUP BY s ORDER BY k",
+            "need output mode 'complete'",
+        ),
+        (
+            "INSERT INTO c SELECT window(n, '1 hour') AS w, count(*) FROM e GROUP BY window(n, '1 hour')",
+            "must be a TIMESTAMP",
+        ),
+        (
+            "INSERT INTO c SELECT count(*) FROM e GROUP BY window(s, '0 seconds')",
+            "width must be above zero",
+        ),
+        (
+            "INSERT INTO c SELECT count(*) FROM e GROUP BY window(s, '-1 hour')",
+            "negative",
+        ),
+        (
+            "INSERT INTO c SELECT count(*) FROM e GROUP BY window(s, '1 month')",
+            "months",
+        ),
+        (
+            "INSERT INTO c SELECT count(*) FROM e GROUP BY window(s, '1 hour', '2 hours')",
+            "must not exceed the width",
+        ),
         (
             "INSERT INTO m SELECT a.n FROM e a JOIN e b ON a.n = b.n",
             "joining two streams",

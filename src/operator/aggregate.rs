@@ -1,0 +1,237 @@
+//! Streaming aggregation: grouped, optionally by an event-time window, in all three output modes.
+//!
+//! # Background
+//! Each batch, DataFusion's own partial aggregation reduces the batch to one row of partial state
+//! per group. This operator merges those rows into long-lived [`GroupTable`]s and emits:
+//! - update: the groups this batch changed;
+//! - complete: every group;
+//! - append: the groups of windows that the watermark has closed, once, as they are evicted.
+//!
+//! Groups are kept per window end ("bucket"), so closing a window drops its whole table at once.
+//! A row whose window had already closed when the batch started (end at or before the previous
+//! batch's watermark) is dropped and counted, as in Spark; so is a row without event time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+
+use super::OperatorMetrics;
+use crate::error::{Error, Result};
+use crate::sink::OutputMode;
+use crate::state::GroupTable;
+use crate::state::groups::Aggregates;
+
+/// The bucket of groups that have no event-time key: never closed by a watermark.
+const NO_WINDOW: i64 = i64::MAX;
+
+/// Which group column carries event time, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventTimeKey {
+    /// A `window(...)` struct: the window closes at its `end`.
+    Window(usize),
+    /// A timestamp column with a watermark: the group closes at its own time.
+    Time(usize),
+}
+
+/// The state and rules of one streaming aggregation.
+#[derive(Debug)]
+pub(crate) struct StatefulAggregate {
+    aggregates: Aggregates,
+    key_schema: SchemaRef,
+    state_schema: SchemaRef,
+    /// The aggregation's output: keys, then one value per aggregate.
+    output_schema: SchemaRef,
+    event_time: Option<EventTimeKey>,
+    /// Groups by window end in nanoseconds ([`NO_WINDOW`] without an event-time key).
+    buckets: BTreeMap<i64, GroupTable>,
+}
+
+impl StatefulAggregate {
+    /// `partial_schema` is the partial aggregation's output: `key_count` key columns, then the
+    /// state columns of `exprs`, then one hidden row count (the last column), which tells how
+    /// many input rows a dropped group row stood for.
+    pub(crate) fn try_new(
+        exprs: Vec<Arc<AggregateFunctionExpr>>,
+        partial_schema: &SchemaRef,
+        key_count: usize,
+        output_schema: SchemaRef,
+        event_time: Option<EventTimeKey>,
+    ) -> Result<Self> {
+        let fields = partial_schema.fields();
+        let key_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields[..key_count].to_vec()));
+        let state_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
+            fields[key_count..fields.len() - 1].to_vec(),
+        ));
+        Ok(StatefulAggregate {
+            aggregates: Aggregates::try_new(exprs)?,
+            key_schema,
+            state_schema,
+            output_schema,
+            event_time,
+            buckets: BTreeMap::new(),
+        })
+    }
+
+    /// Merges one batch's partial states and returns the rows to emit in `mode`.
+    ///
+    /// `late_watermark` (nanoseconds) is the watermark the batch started with: groups whose
+    /// window ended at or before it are late. `close_watermark` is the watermark after the batch:
+    /// windows ending at or before it are final, emitted in append mode and evicted.
+    pub(crate) fn process(
+        &mut self,
+        partial: &[RecordBatch],
+        mode: OutputMode,
+        late_watermark: Option<i64>,
+        close_watermark: Option<i64>,
+    ) -> Result<(RecordBatch, OperatorMetrics)> {
+        let mut metrics = OperatorMetrics::default();
+        let key_count = self.key_schema.fields().len();
+        let mut touched: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for batch in partial.iter().filter(|b| b.num_rows() > 0) {
+            let columns = batch.columns();
+            let rows_column = columns[columns.len() - 1].as_primitive::<Int64Type>();
+            let buckets = self.bucket_of_rows(batch)?;
+            // Rows of each bucket, leaving out late rows and rows without event time.
+            let mut by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (row, bucket) in buckets.iter().enumerate() {
+                let input_rows = rows_column.value(row) as u64;
+                match bucket {
+                    None => metrics.null_event_time += input_rows,
+                    Some(end) if *end != NO_WINDOW && late_watermark.is_some_and(|w| *end <= w) => {
+                        metrics.dropped_by_watermark += input_rows
+                    }
+                    Some(end) => by_bucket.entry(*end).or_default().push(row as u32),
+                }
+            }
+            for (end, rows) in by_bucket {
+                let indices = UInt32Array::from(rows);
+                let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                    cols.iter()
+                        .map(|c| take(c.as_ref(), &indices, None).map_err(|e| Error::Internal(format!("{e}"))))
+                        .collect()
+                };
+                let keys = pick(&columns[..key_count])?;
+                let states = pick(&columns[key_count..columns.len() - 1])?;
+                let table = match self.buckets.entry(end) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(GroupTable::try_new(self.key_schema.clone(), self.state_schema.clone())?)
+                    }
+                };
+                let slots = table.merge(&self.aggregates, &keys, &states)?;
+                let seen = touched.entry(end).or_default();
+                seen.extend(slots);
+            }
+        }
+        for slots in touched.values_mut() {
+            slots.sort_unstable();
+            slots.dedup();
+        }
+        metrics.rows_updated = touched.values().map(|s| s.len() as u64).sum();
+
+        let mut out = Vec::new();
+        match mode {
+            OutputMode::Update => {
+                for (end, slots) in &touched {
+                    out.push(self.emit(&self.buckets[end], slots)?);
+                }
+            }
+            OutputMode::Complete => {
+                for table in self.buckets.values() {
+                    out.push(self.emit(table, &(0..table.len()).collect::<Vec<_>>())?);
+                }
+            }
+            OutputMode::Append => {}
+        }
+        // Windows the watermark has passed are final: emit them (append) and forget them.
+        // Complete mode keeps everything, since it re-emits the whole table every batch.
+        if mode != OutputMode::Complete
+            && let Some(watermark) = close_watermark
+        {
+            let open = self.buckets.split_off(&watermark.saturating_add(1));
+            let closed = std::mem::replace(&mut self.buckets, open);
+            for (end, table) in closed {
+                if end == NO_WINDOW {
+                    self.buckets.insert(end, table);
+                    continue;
+                }
+                if mode == OutputMode::Append {
+                    out.push(self.emit(&table, &(0..table.len()).collect::<Vec<_>>())?);
+                }
+                metrics.rows_removed += table.len() as u64;
+            }
+        }
+        metrics.rows_total = self.buckets.values().map(|t| t.len() as u64).sum();
+        metrics.memory_bytes = self.buckets.values().map(|t| t.memory_size() as u64).sum();
+        let output =
+            concat_batches(&self.output_schema, &out).map_err(|e| Error::Internal(format!("aggregate output: {e}")))?;
+        Ok((output, metrics))
+    }
+
+    /// The output rows (keys and final values) of `slots` of `table`.
+    fn emit(&self, table: &GroupTable, slots: &[usize]) -> Result<RecordBatch> {
+        let mut columns = table.keys_of(slots)?;
+        columns.extend(self.aggregates.evaluate(&table.states_of(slots)?)?);
+        // Values come out in the accumulators' types; the plan's output types are the contract.
+        let columns = columns
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type()).map_err(|e| Error::Internal(format!("aggregate value {}: {e}", f.name())))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(slots.len())),
+        )
+        .map_err(|e| Error::Internal(format!("aggregate output: {e}")))
+    }
+
+    /// The bucket (window end in nanoseconds) of each partial row; `None` without event time.
+    fn bucket_of_rows(&self, batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
+        let Some(key) = self.event_time else {
+            return Ok(vec![Some(NO_WINDOW); batch.num_rows()]);
+        };
+        let (times, nulls): (ArrayRef, Option<datafusion::arrow::buffer::NullBuffer>) = match key {
+            EventTimeKey::Window(i) => {
+                let windows = batch.column(i).as_struct();
+                let ends = windows
+                    .column_by_name("end")
+                    .ok_or_else(|| Error::Internal("window struct without end".into()))?;
+                (ends.clone(), windows.logical_nulls())
+            }
+            EventTimeKey::Time(i) => (batch.column(i).clone(), None),
+        };
+        let nanos = to_nanos(&times)?;
+        Ok((0..nanos.len())
+            .map(|r| {
+                let null = nulls.as_ref().is_some_and(|n| n.is_null(r)) || nanos.is_null(r);
+                (!null).then(|| nanos.value(r))
+            })
+            .collect())
+    }
+}
+
+/// Timestamps of any unit as nanoseconds since the epoch.
+pub(crate) fn to_nanos(times: &ArrayRef) -> Result<Int64Array> {
+    let DataType::Timestamp(unit, _) = times.data_type() else {
+        return Err(Error::Internal(format!("event time of type {}", times.data_type())));
+    };
+    let factor = match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    };
+    let raw = cast(times, &DataType::Int64).map_err(|e| Error::Internal(format!("event time: {e}")))?;
+    Ok(raw.as_primitive::<Int64Type>().unary(|v| v.saturating_mul(factor)))
+}

@@ -1,0 +1,254 @@
+//! Cutting a query with an aggregation into batch plan, stateful operator and post plan.
+//!
+//! The cut is made on the analyzed logical plan: walking down from the root through projections,
+//! filters, sorts and limits (the *post plan*) to the first aggregation over a stream. Its input
+//! must be stateless. The batch plan is the aggregation itself with one hidden `count(1)` added,
+//! planned by DataFusion and cut just above its partial stage, so the per-batch work is
+//! DataFusion's own partial aggregation; the hidden count tells how many input rows a late group
+//! row stood for. The post plan reads the operator's output through an [`OperatorOutputTable`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::provider_as_source;
+use datafusion::execution::context::SessionState;
+use datafusion::functions_aggregate::expr_fn::count;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::memory::MemoryStream;
+
+use super::scan::{OperatorOutputTable, StreamTable};
+use super::{bind_inputs, check_stateless, contains_stream, scanned_table};
+use crate::error::{Error, Result};
+use crate::operator::{EventTimeKey, StatefulAggregate};
+use crate::sink::OutputMode;
+
+/// Name of the hidden row count added to a streaming aggregation.
+const ROW_COUNT: &str = "__tidewater_rows";
+/// Name under which the post plan reads the aggregation's output.
+const OUTPUT_TABLE: &str = "__tidewater_aggregate";
+
+/// The stateful part of a streaming aggregation and the plan after it.
+#[derive(Debug)]
+pub(crate) struct AggregatePlan {
+    key_count: usize,
+    /// The aggregation's output schema (keys, then values), as the post plan reads it.
+    output_schema: SchemaRef,
+    event_time: Option<EventTimeKey>,
+    /// The post plan, over one stream scan without a source: the operator's output.
+    post: Arc<dyn ExecutionPlan>,
+}
+
+impl AggregatePlan {
+    /// A fresh operator; `partial` is the batch plan (a partial `AggregateExec`).
+    pub(crate) fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>) -> Result<StatefulAggregate> {
+        let exec = partial
+            .downcast_ref::<AggregateExec>()
+            .ok_or_else(|| Error::Internal("the batch plan of an aggregation is not an AggregateExec".into()))?;
+        let mut exprs = exec.aggr_expr().to_vec();
+        exprs.pop(); // the hidden row count
+        StatefulAggregate::try_new(
+            exprs,
+            &partial.schema(),
+            self.key_count,
+            self.output_schema.clone(),
+            self.event_time,
+        )
+    }
+
+    /// The schema of the query's final output.
+    pub(crate) fn post_schema(&self) -> SchemaRef {
+        self.post.schema()
+    }
+
+    /// The post plan bound to the operator's output of one batch.
+    pub(crate) fn bind_post(&self, output: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut projection = None;
+        let _ = self.post.apply(|node| {
+            if let Some(scan) = node.downcast_ref::<super::StreamScanExec>() {
+                projection = scan.projection.clone();
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        let schema = output.schema();
+        let projected = match &projection {
+            Some(p) => Arc::new(schema.project(p).map_err(|e| Error::Internal(format!("{e}")))?),
+            None => schema,
+        };
+        let stream = MemoryStream::try_new(vec![output], projected, projection)?;
+        bind_inputs(Arc::clone(&self.post), vec![Box::pin(stream)])
+    }
+
+    /// Whether the aggregation groups by event time with a watermark.
+    pub(crate) fn has_event_time(&self) -> bool {
+        self.event_time.is_some()
+    }
+}
+
+/// Finds the aggregation over a stream in `analyzed`. Returns the logical batch plan (the
+/// aggregation with its hidden row count) and the rest, or `None` for a query without one.
+pub(crate) async fn split(
+    state: &SessionState,
+    analyzed: &LogicalPlan,
+    mode: OutputMode,
+) -> Result<Option<(LogicalPlan, AggregatePlan)>> {
+    let mut post_nodes: Vec<&LogicalPlan> = Vec::new();
+    let mut node = analyzed;
+    let aggregate = loop {
+        match node {
+            LogicalPlan::Aggregate(aggregate) if contains_stream(&aggregate.input) => break aggregate,
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)
+                if node.inputs().len() == 1 =>
+            {
+                post_nodes.push(node);
+                node = node.inputs()[0];
+            }
+            _ => return Ok(None),
+        }
+    };
+    check_stateless(&aggregate.input)?;
+    if post_nodes.iter().any(|n| contains_stream_beside(n)) {
+        return Err(Error::plan("a query may read streams only below its aggregation"));
+    }
+    if mode != OutputMode::Complete
+        && post_nodes
+            .iter()
+            .any(|n| matches!(n, LogicalPlan::Sort(_) | LogicalPlan::Limit(_)))
+    {
+        return Err(Error::plan(format!(
+            "ORDER BY and LIMIT after a streaming aggregation need output mode 'complete' (the whole result \
+             table each batch); in '{mode}' mode each batch emits only some rows, so there is nothing to sort"
+        )));
+    }
+    if aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))) {
+        return Err(Error::plan(
+            "GROUPING SETS, ROLLUP and CUBE over a stream are not supported",
+        ));
+    }
+    let event_time = event_time_key(aggregate);
+    if mode == OutputMode::Append && event_time.is_none() {
+        return Err(Error::plan(
+            "output mode 'append' emits each group once, when it is final, so it needs an event-time window with a \
+             watermark: group by window(<time column>, ...) on a stream that declares WATERMARK FOR <time column>; \
+             or use output_mode 'update' or 'complete'",
+        ));
+    }
+
+    let mut aggr_expr = aggregate.aggr_expr.clone();
+    aggr_expr.push(count(lit(1)).alias(ROW_COUNT));
+    let batch = LogicalPlan::Aggregate(Aggregate::try_new(
+        Arc::clone(&aggregate.input),
+        aggregate.group_expr.clone(),
+        aggr_expr,
+    )?);
+
+    // The post plan: the nodes above the aggregation, over a table of its output whose columns
+    // keep the qualifiers the nodes refer to.
+    let output_schema: SchemaRef = Arc::new(aggregate.schema.as_arrow().clone());
+    let table: Arc<dyn TableProvider> = Arc::new(OperatorOutputTable {
+        schema: output_schema.clone(),
+    });
+    let requalify: Vec<Expr> = aggregate
+        .schema
+        .iter()
+        .map(|(qualifier, field)| {
+            Expr::Column(Column::new(Some(OUTPUT_TABLE), field.name()))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    let mut post = LogicalPlanBuilder::scan(OUTPUT_TABLE, provider_as_source(table), None)?
+        .project(requalify)?
+        .build()?;
+    for node in post_nodes.iter().rev() {
+        post = node.with_new_exprs(node.expressions(), vec![post])?;
+    }
+    let post = state.create_physical_plan(&post).await?;
+    let plan = AggregatePlan {
+        key_count: aggregate.group_expr.len(),
+        output_schema,
+        event_time,
+        post,
+    };
+    Ok(Some((batch, plan)))
+}
+
+/// True when a post-plan node reads a stream other than through its single input.
+fn contains_stream_beside(node: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = node.apply_subqueries(|sub| {
+        found |= contains_stream(sub);
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Which grouping key carries event time: a `window(col, ...)` or `col` itself, where `col` is a
+/// stream's watermark column.
+fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
+    let mut watermarked: HashSet<String> = HashSet::new();
+    let _ = aggregate.input.apply(|node| {
+        if let Some(provider) = scanned_table(node)
+            && let Some(table) = provider.downcast_ref::<StreamTable>()
+            && let Some(w) = &table.watermark
+        {
+            watermarked.insert(w.column.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    aggregate
+        .group_expr
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| match e.clone().unalias() {
+            Expr::ScalarFunction(f) if f.func.name() == "window" => match f.args.first() {
+                Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
+                _ => None,
+            },
+            Expr::Column(c) if watermarked.contains(&c.name) => Some(EventTimeKey::Time(i)),
+            _ => None,
+        })
+}
+
+/// The partial stage of DataFusion's plan of an aggregation: its `Partial` aggregate, or a
+/// `Single` one turned into a partial one.
+pub(crate) fn partial_of(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut node = plan;
+    loop {
+        if let Some(exec) = node.downcast_ref::<AggregateExec>() {
+            match exec.mode() {
+                AggregateMode::Partial => return Ok(node),
+                AggregateMode::Single | AggregateMode::SinglePartitioned => {
+                    let partial = AggregateExec::try_new(
+                        AggregateMode::Partial,
+                        exec.group_expr().clone(),
+                        exec.aggr_expr().to_vec(),
+                        exec.filter_expr().to_vec(),
+                        Arc::clone(exec.input()),
+                        exec.input_schema(),
+                    )?;
+                    return Ok(Arc::new(partial));
+                }
+                _ => {}
+            }
+        }
+        let children = node.children();
+        match children.as_slice() {
+            [child] => node = Arc::clone(child),
+            _ => {
+                return Err(Error::Internal(
+                    "no partial aggregation in the plan of an aggregation".into(),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `window(time, width [, slide [, start_offset]])`: the event-time window a row falls in, as a
+//! struct `{start, end}` of the time column's type (start inclusive, end exclusive).
+//!
+//! Windows are aligned to the Unix epoch plus `start_offset`, in UTC, as in Spark. Because the
+//! function is an ordinary scalar function, the same `GROUP BY window(time, '1 hour')` runs on a
+//! static table too, which is how streaming results are checked against batch results. Widths
+//! are strings such as `'1 hour'` or SQL intervals; months and years, whose length varies, are
+//! refused.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray, StructArray};
+use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Fields, Int64Type, IntervalUnit, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+/// The `window` function. See the [module docs](self).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TimeWindow {
+    signature: Signature,
+}
+
+impl TimeWindow {
+    pub(crate) fn new() -> Self {
+        TimeWindow {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+/// The window sizes of one call, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WindowSpec {
+    pub(crate) width: i64,
+    pub(crate) slide: i64,
+    pub(crate) offset: i64,
+}
+
+/// The struct type `{start, end}` for event times of type `time`.
+pub(crate) fn window_type(time: &DataType) -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", time.clone(), true),
+        Field::new("end", time.clone(), true),
+    ]))
+}
+
+/// A duration argument in nanoseconds: a string such as `'1 hour'` or an interval.
+fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
+    let nanos = match value {
+        ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
+            match crate::connector::parse_duration(s) {
+                Ok(d) => d.as_nanos() as i64,
+                Err(m) => return plan_err!("window(): {what}: {m}"),
+            }
+        }
+        ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
+            v.days as i64 * 86_400_000_000_000 + v.nanoseconds
+        }
+        ScalarValue::IntervalDayTime(Some(v)) => v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000,
+        ScalarValue::IntervalMonthDayNano(Some(_)) | ScalarValue::IntervalYearMonth(Some(_)) => {
+            return plan_err!("window(): {what} has months or years, whose length varies; use days or smaller units");
+        }
+        other => return plan_err!("window(): {what} must be a constant duration such as '1 hour', got {other}"),
+    };
+    Ok(nanos)
+}
+
+/// Reads and checks the constant arguments of a `window` call.
+pub(crate) fn window_spec(args: &[Option<&ScalarValue>]) -> DfResult<WindowSpec> {
+    let constant = |i: usize, what: &str| match args.get(i) {
+        Some(Some(v)) => duration_nanos(v, what).map(Some),
+        Some(None) => plan_err!("window(): {what} must be a constant"),
+        None => Ok(None),
+    };
+    let Some(width) = constant(1, "the width")? else {
+        return plan_err!("window(time, width [, slide [, start_offset]]) needs a width such as '1 hour'");
+    };
+    let slide = constant(2, "the slide")?.unwrap_or(width);
+    let offset = constant(3, "the start offset")?.unwrap_or(0);
+    if width <= 0 {
+        return plan_err!("window(): the width must be above zero");
+    }
+    if slide <= 0 {
+        return plan_err!("window(): the slide must be above zero");
+    }
+    if slide > width {
+        return plan_err!("window(): the slide must not exceed the width (rows between windows would be lost)");
+    }
+    if slide != width {
+        return plan_err!(
+            "window(): sliding windows (slide {} ns < width {} ns) are not supported in this version; use a tumbling window",
+            slide,
+            width
+        );
+    }
+    if offset.abs() >= slide {
+        return plan_err!("window(): the start offset must be smaller than the slide");
+    }
+    Ok(WindowSpec { width, slide, offset })
+}
+
+fn nanos_per(unit: &TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+impl ScalarUDFImpl for TimeWindow {
+    fn name(&self) -> &str {
+        "window"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        if !(2..=4).contains(&arg_types.len()) {
+            return plan_err!("window(time, width [, slide [, start_offset]]) takes 2 to 4 arguments");
+        }
+        let time = match &arg_types[0] {
+            DataType::Timestamp(_, _) => arg_types[0].clone(),
+            DataType::Date32 | DataType::Date64 | DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                DataType::Timestamp(TimeUnit::Nanosecond, None)
+            }
+            other => return plan_err!("window(): the time column must be a TIMESTAMP, got {other}"),
+        };
+        let durations = arg_types[1..].iter().map(|t| match t {
+            DataType::Interval(IntervalUnit::MonthDayNano | IntervalUnit::DayTime | IntervalUnit::YearMonth) => {
+                Ok(t.clone())
+            }
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Ok(DataType::Utf8),
+            other => plan_err!("window(): durations are strings such as '1 hour' or intervals, got {other}"),
+        });
+        std::iter::once(Ok(time)).chain(durations).collect()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(window_type(&arg_types[0]))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs<'_>) -> DfResult<FieldRef> {
+        window_spec(args.scalar_arguments)?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            window_type(args.arg_fields[0].data_type()),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let constants: Vec<Option<ScalarValue>> = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Some(s.clone()),
+                ColumnarValue::Array(_) => None,
+            })
+            .collect();
+        let refs: Vec<Option<&ScalarValue>> = constants.iter().map(Option::as_ref).collect();
+        let spec = window_spec(&refs)?;
+        let times = args.args[0].to_array(args.number_rows)?;
+        let DataType::Timestamp(unit, _) = times.data_type() else {
+            return exec_err!(
+                "window(): the time column must be a TIMESTAMP, got {}",
+                times.data_type()
+            );
+        };
+        let per = nanos_per(unit);
+        let (width, offset) = (spec.width / per, spec.offset / per);
+        if width == 0 {
+            return exec_err!("window(): the width is shorter than one unit of the time column");
+        }
+        let raw: PrimitiveArray<Int64Type> = match unit {
+            TimeUnit::Second => times.as_primitive::<TimestampSecondType>().reinterpret_cast(),
+            TimeUnit::Millisecond => times.as_primitive::<TimestampMillisecondType>().reinterpret_cast(),
+            TimeUnit::Microsecond => times.as_primitive::<TimestampMicrosecondType>().reinterpret_cast(),
+            TimeUnit::Nanosecond => times.as_primitive::<TimestampNanosecondType>().reinterpret_cast(),
+        };
+        let starts: PrimitiveArray<Int64Type> = raw.unary(|t| t - (t - offset).rem_euclid(width));
+        let ends: PrimitiveArray<Int64Type> = starts.unary(|s| s + width);
+        let time_type = times.data_type().clone();
+        let as_time = |a: PrimitiveArray<Int64Type>| -> DfResult<ArrayRef> {
+            Ok(datafusion::arrow::compute::cast(&a, &time_type)?)
+        };
+        let DataType::Struct(fields) = window_type(&time_type) else {
+            return exec_err!("window(): struct type expected");
+        };
+        let nulls: Option<NullBuffer> = times.logical_nulls();
+        let windows = StructArray::try_new(fields, vec![as_time(starts)?, as_time(ends)?], nulls)?;
+        Ok(ColumnarValue::Array(Arc::new(windows)))
+    }
+}

@@ -1,0 +1,266 @@
+//! The group table: group keys and their partial aggregate states, merged batch by batch.
+//!
+//! # Background
+//! DataFusion's accumulators consume themselves when they emit (`state()` and `evaluate()` drain
+//! them), so they cannot be both long-lived and read every batch. Instead, the table keeps each
+//! group's *state rows* (the accumulators' `state()` output) as Arrow arrays, and every batch
+//! merges only the groups it touches: old state rows and the batch's partial states go into fresh
+//! accumulators, whose `state()` gives the new rows. Work per batch is proportional to the rows
+//! and groups of the batch, never to the whole table.
+//!
+//! Keys are interned by DataFusion's `GroupValues` into dense slot ids. State rows live in chunks
+//! (one per batch); `locations[slot]` says where a slot's current row is. Superseded rows are
+//! garbage until the chunks are compacted, which happens when garbage outweighs live rows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use crate::error::{Error, Result};
+
+/// How the aggregates of one operator turn state rows into fresh accumulators.
+#[derive(Debug)]
+pub(crate) struct Aggregates {
+    exprs: Vec<Arc<AggregateFunctionExpr>>,
+    /// `state_columns[i]` is the range of state columns that belong to `exprs[i]`.
+    state_columns: Vec<std::ops::Range<usize>>,
+}
+
+impl Aggregates {
+    pub(crate) fn try_new(exprs: Vec<Arc<AggregateFunctionExpr>>) -> Result<Self> {
+        let mut state_columns = Vec::with_capacity(exprs.len());
+        let mut next = 0;
+        for expr in &exprs {
+            let n = expr.state_fields()?.len();
+            state_columns.push(next..next + n);
+            next += n;
+        }
+        Ok(Aggregates { exprs, state_columns })
+    }
+
+    fn accumulator(expr: &Arc<AggregateFunctionExpr>) -> Result<Box<dyn GroupsAccumulator>> {
+        if expr.groups_accumulator_supported() {
+            Ok(expr.create_groups_accumulator()?)
+        } else {
+            let expr = Arc::clone(expr);
+            Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                expr.create_accumulator()
+            })))
+        }
+    }
+
+    /// Merges state rows into `groups` groups: `inputs` are `(state columns, group of each row)`.
+    /// Returns the merged accumulators, one per aggregate.
+    fn merge(&self, inputs: &[(&[ArrayRef], &[usize])], groups: usize) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        let mut accumulators = Vec::with_capacity(self.exprs.len());
+        for (expr, columns) in self.exprs.iter().zip(&self.state_columns) {
+            let mut acc = Self::accumulator(expr)?;
+            for (states, group_of_row) in inputs {
+                if !group_of_row.is_empty() {
+                    acc.merge_batch(&states[columns.clone()], group_of_row, groups)?;
+                }
+            }
+            accumulators.push(acc);
+        }
+        Ok(accumulators)
+    }
+
+    /// The final values of the groups whose state rows are `states` (one row per group).
+    pub(crate) fn evaluate(&self, states: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
+        let rows = states.first().map_or(0, |a| a.len());
+        let ids: Vec<usize> = (0..rows).collect();
+        self.merge(&[(states, &ids)], rows)?
+            .iter_mut()
+            .map(|acc| Ok(acc.evaluate(EmitTo::All)?))
+            .collect()
+    }
+}
+
+/// Groups (keys and states) of one window, or of all time for an aggregation without windows.
+pub(crate) struct GroupTable {
+    interner: Box<dyn GroupValues>,
+    key_schema: SchemaRef,
+    state_schema: SchemaRef,
+    /// Keys of all slots, in slot order, in chunks; `key_starts[i]` is the first slot of chunk `i`.
+    keys: Vec<RecordBatch>,
+    key_starts: Vec<usize>,
+    /// State rows in chunks; `locations[slot] = (chunk, row)` is the slot's current row.
+    states: Vec<RecordBatch>,
+    locations: Vec<(usize, usize)>,
+    /// Rows held in `states`, live or superseded.
+    state_rows: usize,
+}
+
+impl std::fmt::Debug for GroupTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupTable").field("groups", &self.len()).finish()
+    }
+}
+
+/// Compact when superseded rows exceed live rows by this factor (and a floor, so small tables
+/// are left alone).
+const COMPACT_GARBAGE_FACTOR: usize = 2;
+const COMPACT_MIN_ROWS: usize = 4096;
+
+impl GroupTable {
+    pub(crate) fn try_new(key_schema: SchemaRef, state_schema: SchemaRef) -> Result<Self> {
+        Ok(GroupTable {
+            interner: new_group_values(key_schema.clone(), &GroupOrdering::None)?,
+            key_schema,
+            state_schema,
+            keys: Vec::new(),
+            key_starts: Vec::new(),
+            states: Vec::new(),
+            locations: Vec::new(),
+            state_rows: 0,
+        })
+    }
+
+    /// Number of groups.
+    pub(crate) fn len(&self) -> usize {
+        self.locations.len()
+    }
+
+    /// Merges partial states (one row per group and batch partition, `keys` beside `states`)
+    /// into the table. Returns the slots touched, in order of first appearance.
+    pub(crate) fn merge(
+        &mut self,
+        aggregates: &Aggregates,
+        keys: &[ArrayRef],
+        states: &[ArrayRef],
+    ) -> Result<Vec<usize>> {
+        let rows = states.first().or(keys.first()).map_or(0, |a| a.len());
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let before = self.len();
+        let mut slot_of_row = Vec::with_capacity(rows);
+        if keys.is_empty() {
+            // No grouping keys: one group for everything.
+            slot_of_row.resize(rows, 0);
+        } else {
+            self.interner.intern(keys, &mut slot_of_row)?;
+        }
+        // Slots are dense and handed out in order of first appearance.
+        let mut touched: Vec<usize> = Vec::new();
+        let mut local_of: HashMap<usize, usize> = HashMap::new();
+        let mut first_rows_of_new: Vec<u32> = Vec::new();
+        let group_of_row: Vec<usize> = slot_of_row
+            .iter()
+            .enumerate()
+            .map(|(row, &slot)| {
+                *local_of.entry(slot).or_insert_with(|| {
+                    if slot >= before {
+                        first_rows_of_new.push(row as u32);
+                    }
+                    touched.push(slot);
+                    touched.len() - 1
+                })
+            })
+            .collect();
+        let total_slots = if keys.is_empty() { 1 } else { self.interner.len() };
+        if !first_rows_of_new.is_empty() && !keys.is_empty() {
+            let indices = UInt32Array::from(first_rows_of_new.clone());
+            let new_keys = keys
+                .iter()
+                .map(|k| take(k.as_ref(), &indices, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+            self.key_starts.push(before);
+            self.keys.push(
+                RecordBatch::try_new(self.key_schema.clone(), new_keys)
+                    .map_err(|e| Error::Internal(format!("group keys: {e}")))?,
+            );
+        }
+
+        let old: Vec<usize> = touched.iter().copied().filter(|s| *s < before).collect();
+        let old_states = self.states_of(&old)?;
+        let old_groups: Vec<usize> = old.iter().map(|s| local_of[s]).collect();
+        let mut accumulators =
+            aggregates.merge(&[(&old_states, &old_groups), (states, &group_of_row)], touched.len())?;
+        let mut merged = Vec::with_capacity(self.state_schema.fields().len());
+        for acc in &mut accumulators {
+            merged.extend(acc.state(EmitTo::All)?);
+        }
+        let chunk = RecordBatch::try_new(self.state_schema.clone(), merged)
+            .map_err(|e| Error::Internal(format!("merged state: {e}")))?;
+        let chunk_index = self.states.len();
+        self.state_rows += chunk.num_rows();
+        self.states.push(chunk);
+        self.locations.resize(total_slots.max(self.locations.len()), (0, 0));
+        for (local, slot) in touched.iter().enumerate() {
+            self.locations[*slot] = (chunk_index, local);
+        }
+        if self.state_rows > COMPACT_MIN_ROWS && self.state_rows > COMPACT_GARBAGE_FACTOR * self.len() {
+            self.compact()?;
+        }
+        Ok(touched)
+    }
+
+    /// State rows of `slots`, one column per state field.
+    pub(crate) fn states_of(&self, slots: &[usize]) -> Result<Vec<ArrayRef>> {
+        let at: Vec<(usize, usize)> = slots.iter().map(|s| self.locations[*s]).collect();
+        gather(&self.states, &at, &self.state_schema)
+    }
+
+    /// Keys of `slots`, one column per key.
+    pub(crate) fn keys_of(&self, slots: &[usize]) -> Result<Vec<ArrayRef>> {
+        if self.key_schema.fields().is_empty() {
+            return Ok(Vec::new());
+        }
+        let at: Vec<(usize, usize)> = slots
+            .iter()
+            .map(|s| {
+                let chunk = self.key_starts.partition_point(|start| *start <= *s) - 1;
+                (chunk, s - self.key_starts[chunk])
+            })
+            .collect();
+        gather(&self.keys, &at, &self.key_schema)
+    }
+
+    /// Rewrites the live state rows into one chunk.
+    fn compact(&mut self) -> Result<()> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        let live = self.states_of(&all)?;
+        let chunk = RecordBatch::try_new(self.state_schema.clone(), live)
+            .map_err(|e| Error::Internal(format!("compacting state: {e}")))?;
+        self.state_rows = chunk.num_rows();
+        self.states = vec![chunk];
+        for (slot, location) in self.locations.iter_mut().enumerate() {
+            *location = (0, slot);
+        }
+        Ok(())
+    }
+
+    /// Bytes held: interned keys, key copies and state rows.
+    pub(crate) fn memory_size(&self) -> usize {
+        let batches: usize = self
+            .keys
+            .iter()
+            .chain(&self.states)
+            .map(|b| b.get_array_memory_size())
+            .sum();
+        self.interner.size() + batches + self.locations.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+}
+
+/// Rows `at = (chunk, row)` of `chunks`, column by column.
+fn gather(chunks: &[RecordBatch], at: &[(usize, usize)], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
+    (0..schema.fields().len())
+        .map(|c| {
+            if at.is_empty() || chunks.is_empty() {
+                return Ok(datafusion::arrow::array::new_empty_array(schema.field(c).data_type()));
+            }
+            let columns: Vec<&dyn Array> = chunks.iter().map(|b| b.column(c).as_ref()).collect();
+            interleave(&columns, at).map_err(|e| Error::Internal(format!("gathering state rows: {e}")))
+        })
+        .collect()
+}
