@@ -61,6 +61,8 @@ fn main() -> ExitCode {
 
 async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Listen for Ctrl-C before any query starts, so an early interrupt also stops gracefully.
+    let interrupted = interrupt_listener()?;
     let session = StreamingSession::new();
     let outcomes = session
         .run_script(&sql)
@@ -89,7 +91,7 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
                 result.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
             }
         }
-        _ = tokio::signal::ctrl_c() => {
+        _ = interrupted => {
             eprintln!("stopping {} queries after their current batch", queries.len());
             for query in &queries {
                 query.stop().await.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
@@ -99,6 +101,23 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     // Each printer ends once its query has ended and its last batch is printed.
     futures::future::join_all(printers).await;
     Ok(())
+}
+
+/// Resolves on Ctrl-C (SIGINT). The handler is installed by this call, not when first awaited.
+#[cfg(unix)]
+fn interrupt_listener() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
+    Ok(async move {
+        signals.recv().await;
+    })
+}
+
+#[cfg(not(unix))]
+fn interrupt_listener() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// Prints one line per batch of `query` to standard error until it ends.
