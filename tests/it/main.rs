@@ -8,6 +8,7 @@ mod common;
 mod files;
 mod frame;
 mod options;
+mod properties;
 mod query;
 mod sinks;
 mod slt;

@@ -1,0 +1,159 @@
+//! Incremental = batch, as properties: random rows with out-of-order event times, cut into random
+//! micro-batches, give the same result as one DataFusion query over all rows.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use tidewater::arrow::array::{Int32Array, RecordBatch, TimestampNanosecondArray};
+use tidewater::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tidewater::{StreamingQuery, StreamingSession};
+
+use crate::common::{query_rows, start};
+
+const HOUR: i64 = 3_600_000_000_000;
+const MINUTE: i64 = 60_000_000_000;
+/// The watermark delay of the windowed queries.
+const DELAY_MINUTES: i64 = 30;
+
+/// One input row: (key, event time in minutes after midnight, value).
+type Row = (i32, i64, i32);
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int32, true),
+        Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+        Field::new("v", DataType::Int32, true),
+    ]))
+}
+
+fn batch(rows: &[Row]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int32Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+            Arc::new(TimestampNanosecondArray::from(
+                rows.iter().map(|r| r.1 * MINUTE).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int32Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+        ],
+    )
+    .unwrap()
+}
+
+/// Rows, and the sizes of the micro-batches they are cut into.
+fn rows_and_cuts() -> impl Strategy<Value = (Vec<Row>, Vec<usize>)> {
+    let row = (0..4i32, 0..600i64, -50..50i32);
+    prop::collection::vec(row, 1..60).prop_flat_map(|rows| {
+        let n = rows.len();
+        (Just(rows), prop::collection::vec(0..=n, 0..8))
+    })
+}
+
+/// The batches `rows` are cut into at `cuts` (positions, in any order, repeats allowed).
+fn cut(rows: &[Row], cuts: &[usize]) -> Vec<Vec<Row>> {
+    let mut points: Vec<usize> = cuts.iter().copied().chain([0, rows.len()]).collect();
+    points.sort_unstable();
+    points.dedup();
+    points.windows(2).map(|w| rows[w[0]..w[1]].to_vec()).collect()
+}
+
+async fn run_batches(session: &StreamingSession, queries: &[StreamingQuery], batches: &[Vec<Row>]) {
+    let events = session.memory_stream("events").unwrap();
+    for rows in batches {
+        events.add_batch(batch(rows)).unwrap();
+        for q in queries {
+            q.process_all_available().await.unwrap();
+        }
+    }
+}
+
+fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
+
+const RUNNING: &str = "SELECT k, count(*) AS n, sum(v) AS total, min(v) AS low, max(v) AS high, avg(v) AS mean, \
+                       count(DISTINCT v) AS distinct_values FROM {} GROUP BY k";
+const WINDOWED: &str = "SELECT k, window(time, '1 hour') AS w, count(*) AS n, sum(v) AS total FROM {} \
+                        GROUP BY k, window(time, '1 hour')";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Complete and update mode of a running aggregate end with the batch query's table.
+    #[test]
+    fn running_aggregates_equal_the_batch_result((rows, cuts) in rows_and_cuts()) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let session = StreamingSession::new();
+            session.run_script(
+                "CREATE TABLE events (k INT, time TIMESTAMP, v INT) WITH (connector = 'memory');
+                 CREATE TABLE complete_out WITH (connector = 'memory', output_mode = 'complete');
+                 CREATE TABLE update_out WITH (connector = 'memory', output_mode = 'update');",
+            ).await.unwrap();
+            let complete = start(&session, &format!("INSERT INTO complete_out {}", RUNNING.replace("{}", "events"))).await;
+            let update = start(&session, &format!("INSERT INTO update_out {}", RUNNING.replace("{}", "events"))).await;
+            run_batches(&session, &[complete.clone(), update.clone()], &cut(&rows, &cuts)).await;
+
+            session.context().register_batch("all_rows", batch(&rows)).unwrap();
+            let expected = sorted(query_rows(&session, &RUNNING.replace("{}", "all_rows")).await);
+            assert_eq!(sorted(query_rows(&session, "SELECT * FROM complete_out").await), expected);
+            // Update mode: applying every emitted row as an upsert on k, in order, gives the table.
+            let mut upserted: BTreeMap<String, String> = BTreeMap::new();
+            for row in query_rows(&session, "SELECT * FROM update_out").await {
+                let key = row.split('|').next().unwrap().to_string();
+                upserted.insert(key, row);
+            }
+            assert_eq!(sorted(upserted.into_values().collect()), expected);
+            complete.stop().await.unwrap();
+            update.stop().await.unwrap();
+        });
+    }
+
+    /// Append mode emits each window once, when final, with exactly the rows that were not late.
+    #[test]
+    fn windowed_append_equals_the_batch_result_over_rows_in_time((rows, cuts) in rows_and_cuts()) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let session = StreamingSession::new();
+            session.run_script(&format!(
+                "CREATE TABLE events (k INT, time TIMESTAMP, v INT,
+                   WATERMARK FOR time AS time - INTERVAL '{DELAY_MINUTES}' MINUTE) WITH (connector = 'memory');
+                 CREATE TABLE out WITH (connector = 'memory', output_mode = 'append');"
+            )).await.unwrap();
+            let query = start(&session, &format!("INSERT INTO out {}", WINDOWED.replace("{}", "events"))).await;
+            let batches = cut(&rows, &cuts);
+            run_batches(&session, std::slice::from_ref(&query), &batches).await;
+
+            // The watermark, simulated: a row is late when its window ended at or before the
+            // watermark left by the batches before it.
+            let mut watermark: Option<i64> = None;
+            let mut in_time = Vec::new();
+            let mut dropped = 0;
+            for rows in &batches {
+                for row in rows {
+                    let end = (row.1 * MINUTE).div_euclid(HOUR) * HOUR + HOUR;
+                    if watermark.is_some_and(|w| end <= w) { dropped += 1 } else { in_time.push(*row) }
+                }
+                if let Some(max) = rows.iter().map(|r| r.1 * MINUTE).max() {
+                    let next = max - DELAY_MINUTES * MINUTE;
+                    watermark = Some(watermark.map_or(next, |w| w.max(next)));
+                }
+            }
+            let final_watermark = watermark.unwrap();
+            session.context().register_batch("in_time", batch(&in_time)).unwrap();
+            let expected = query_rows(&session, &format!(
+                "SELECT * FROM ({}) WHERE w['end'] <= to_timestamp_nanos({final_watermark})",
+                WINDOWED.replace("{}", "in_time")
+            )).await;
+            let emitted = query_rows(&session, "SELECT * FROM out").await;
+            assert_eq!(sorted(emitted), sorted(expected));
+            let reported: u64 = query.recent_progress().iter()
+                .flat_map(|p| p.state_operators.iter().map(|o| o.num_rows_dropped_by_watermark))
+                .sum();
+            assert_eq!(reported, dropped);
+            query.stop().await.unwrap();
+        });
+    }
+}
