@@ -49,27 +49,26 @@ pub enum Error {
     },
 
     /// A statement of a SQL script failed; wraps the cause with the statement's position.
-    #[error("statement {index} (line {line}): {source}")]
+    /// (The cause is part of the message, so it is not repeated as a `source()`.)
+    #[error("statement {index} (line {line}): {error}")]
     Statement {
         /// 1-based position of the statement in the script.
         index: usize,
         /// 1-based line on which the statement starts.
         line: u64,
         /// What went wrong.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
 
     /// A streaming query failed while running a batch.
-    #[error("query '{query}' failed in batch {batch_id}: {source}")]
+    #[error("query '{query}' failed in batch {batch_id}: {error}")]
     Query {
         /// The query's name or id.
         query: String,
         /// The batch that failed.
         batch_id: u64,
         /// What went wrong.
-        #[source]
-        source: Box<Error>,
+        error: Box<Error>,
     },
 
     /// The error that ended a streaming query, as seen through its handle.
@@ -81,23 +80,21 @@ pub enum Error {
     DataFusion(#[from] DataFusionError),
 
     /// An error from the object store that holds input files.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     ObjectStore {
         /// What Tidewater was doing, e.g. `listing 'data/events'`.
         context: String,
         /// The store's error.
-        #[source]
-        source: datafusion::object_store::Error,
+        error: datafusion::object_store::Error,
     },
 
     /// An I/O error with the path it happened on.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What Tidewater was doing, with the path.
         context: String,
         /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// A bug: an invariant of Tidewater did not hold. Please report it.
@@ -110,7 +107,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Option { .. } | Error::Plan(_) | Error::Input { .. } => ErrorKind::User,
-            Error::Statement { source, .. } | Error::Query { source, .. } => source.kind(),
+            Error::Statement { error, .. } | Error::Query { error, .. } => error.kind(),
             Error::Terminated(source) => source.kind(),
             Error::DataFusion(e) => match e.find_root() {
                 DataFusionError::Internal(_) => ErrorKind::Internal,

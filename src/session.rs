@@ -182,7 +182,7 @@ impl StreamingSession {
                 .map_err(|e| Error::Statement {
                     index,
                     line,
-                    source: Box::new(e),
+                    error: Box::new(e),
                 })?;
             outcomes.push(outcome);
         }

@@ -69,19 +69,25 @@ impl AggregatePlan {
 
     /// The post plan bound to the operator's output of one batch.
     pub(crate) fn bind_post(&self, output: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut projection = None;
+        let mut leaf = None;
         let _ = self.post.apply(|node| {
             if let Some(scan) = node.downcast_ref::<super::StreamScanExec>() {
-                projection = scan.projection.clone();
+                leaf = Some((
+                    scan.projection.clone(),
+                    scan.properties().eq_properties.schema().clone(),
+                ));
             }
             Ok(TreeNodeRecursion::Continue)
         });
-        let schema = output.schema();
-        let projected = match &projection {
-            Some(p) => Arc::new(schema.project(p).map_err(|e| Error::Internal(format!("{e}")))?),
-            None => schema,
+        let (projection, schema) = leaf.ok_or_else(|| Error::Internal("post plan without its input".into()))?;
+        let columns = match &projection {
+            Some(p) => p.iter().map(|i| Arc::clone(output.column(*i))).collect(),
+            None => output.columns().to_vec(),
         };
-        let stream = MemoryStream::try_new(vec![output], projected, projection)?;
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(output.num_rows()));
+        let input = RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+            .map_err(|e| Error::Internal(format!("aggregate output for the post plan: {e}")))?;
+        let stream = MemoryStream::try_new(vec![input], schema, None)?;
         bind_inputs(Arc::clone(&self.post), vec![Box::pin(stream)])
     }
 
@@ -152,17 +158,25 @@ pub(crate) async fn split(
         aggr_expr,
     )?);
 
-    // The post plan: the nodes above the aggregation, over a table of its output whose columns
-    // keep the qualifiers the nodes refer to.
+    // The post plan: the nodes above the aggregation, over a table of its output. The table's
+    // columns have plain positional names; a projection gives them back the names and qualifiers
+    // the nodes refer to.
     let output_schema: SchemaRef = Arc::new(aggregate.schema.as_arrow().clone());
-    let table: Arc<dyn TableProvider> = Arc::new(OperatorOutputTable {
-        schema: output_schema.clone(),
-    });
+    let positional = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        output_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect::<Vec<_>>(),
+    ));
+    let table: Arc<dyn TableProvider> = Arc::new(OperatorOutputTable { schema: positional });
     let requalify: Vec<Expr> = aggregate
         .schema
         .iter()
-        .map(|(qualifier, field)| {
-            Expr::Column(Column::new(Some(OUTPUT_TABLE), field.name()))
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some(OUTPUT_TABLE), format!("c{i}")))
                 .alias_qualified(qualifier.cloned(), field.name())
         })
         .collect();
@@ -209,7 +223,7 @@ fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
         .group_expr
         .iter()
         .enumerate()
-        .find_map(|(i, e)| match e.clone().unalias() {
+        .find_map(|(i, e)| match origin(e.clone().unalias(), &aggregate.input) {
             Expr::ScalarFunction(f) if f.func.name() == "window" => match f.args.first() {
                 Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
                 _ => None,
@@ -217,6 +231,31 @@ fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
             Expr::Column(c) if watermarked.contains(&c.name) => Some(EventTimeKey::Time(i)),
             _ => None,
         })
+}
+
+/// The expression a column stands for, followed down through projections, aliases and filters
+/// (so `window(time, ...) AS w` in a subquery is found from `GROUP BY w`).
+fn origin(expr: Expr, plan: &LogicalPlan) -> Expr {
+    let Expr::Column(column) = &expr else {
+        return expr;
+    };
+    match plan {
+        LogicalPlan::Projection(projection) => {
+            let found = projection
+                .schema
+                .iter()
+                .zip(&projection.expr)
+                .find(|((_, field), _)| field.name() == &column.name)
+                .map(|(_, e)| e.clone().unalias());
+            match found {
+                Some(e) => origin(e, &projection.input),
+                None => expr,
+            }
+        }
+        LogicalPlan::SubqueryAlias(alias) => origin(Expr::Column(Column::new_unqualified(&column.name)), &alias.input),
+        LogicalPlan::Filter(filter) => origin(expr, &filter.input),
+        _ => expr,
+    }
 }
 
 /// The partial stage of DataFusion's plan of an aggregation: its `Partial` aggregate, or a

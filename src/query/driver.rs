@@ -217,7 +217,7 @@ impl Driver {
             .map_err(|e| Error::Query {
                 query: self.shared.label(),
                 batch_id,
-                source: Box::new(e),
+                error: Box::new(e),
             })?;
 
             // The sink has the batch: its end offsets are now the committed ones.

@@ -92,7 +92,7 @@ impl Sink for ConsoleSink {
             .and_then(|_| out.flush())
             .map_err(|e| Error::Io {
                 context: "writing to the console".to_string(),
-                source: e,
+                error: e,
             })?;
         Ok(total as u64)
     }

@@ -3,6 +3,7 @@
 // A test that meets an unexpected error should stop right there, loudly.
 #![allow(clippy::unwrap_used)]
 
+mod aggregation;
 mod cli;
 mod common;
 mod files;

@@ -129,7 +129,7 @@ impl FilesSource {
             Ok(url) if url.scheme().len() > 1 => {
                 let (store, path) = datafusion::object_store::parse_url(&url).map_err(|e| Error::ObjectStore {
                     context: format!("opening '{}'", config.path),
-                    source: e,
+                    error: e,
                 })?;
                 let local = (url.scheme() == "file").then(|| std::path::PathBuf::from(url.path()));
                 (Arc::from(store), path, local)
@@ -138,11 +138,11 @@ impl FilesSource {
             _ => {
                 let absolute = std::path::absolute(&config.path).map_err(|e| Error::Io {
                     context: format!("resolving path '{}'", config.path),
-                    source: e,
+                    error: e,
                 })?;
                 let path = Path::from_absolute_path(&absolute).map_err(|e| Error::ObjectStore {
                     context: format!("path '{}'", config.path),
-                    source: e.into(),
+                    error: e.into(),
                 })?;
                 (
                     Arc::new(datafusion::object_store::local::LocalFileSystem::new()) as Arc<dyn ObjectStore>,
@@ -183,7 +183,7 @@ impl FilesSource {
             .await
             .map_err(|e| Error::ObjectStore {
                 context: format!("listing '{}'", self.config.path),
-                source: e,
+                error: e,
             })?;
         let mut fresh: Vec<_> = {
             let log = self.lock();
@@ -344,7 +344,7 @@ async fn read_file(
         },
         other => Error::ObjectStore {
             context: format!("reading '{name}'"),
-            source: other,
+            error: other,
         },
     })?;
     tokio::task::spawn_blocking(move || plan.decode(&name, bytes))

@@ -1,0 +1,123 @@
+//! Streaming aggregation beyond the SQL files: progress of the state operator, bounded state on an
+//! endless stream, and the no-data batch that closes the last windows.
+
+use crate::common::{drop_file, push_json, query_rows, start};
+use tidewater::StreamingSession;
+
+async fn hourly(session: &StreamingSession, mode: &str) -> tidewater::StreamingQuery {
+    start(
+        session,
+        &format!(
+            "CREATE TABLE events (phone_id INT, time TIMESTAMP, action VARCHAR,
+               WATERMARK FOR time AS time - INTERVAL '10' MINUTE) WITH (connector = 'memory');
+             CREATE TABLE hourly WITH (connector = 'memory', output_mode = '{mode}');
+             INSERT INTO hourly SELECT action, window(time, '1 hour') AS w, count(*) AS n
+             FROM events GROUP BY action, window(time, '1 hour')"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn progress_reports_state_watermark_late_and_null_rows() {
+    let session = StreamingSession::new();
+    let query = hourly(&session, "append").await;
+    push_json(
+        &session,
+        "events",
+        &[
+            r#"{"phone_id": 1, "time": "2026-01-01T10:05:00", "action": "open"}"#,
+            r#"{"phone_id": 2, "time": "2026-01-01T11:30:00", "action": "open"}"#,
+            r#"{"phone_id": 3, "time": null, "action": "open"}"#,
+        ],
+    );
+    query.process_all_available().await.unwrap();
+    push_json(
+        &session,
+        "events",
+        &[r#"{"phone_id": 4, "time": "2026-01-01T10:15:00", "action": "open"}"#],
+    );
+    query.process_all_available().await.unwrap();
+
+    let progress = query.recent_progress();
+    let first = &progress[0].state_operators[0];
+    assert_eq!(first.num_rows_total, 2, "{first:?}");
+    assert_eq!(first.num_rows_updated, 2);
+    assert_eq!(first.custom_metrics["numRowsWithNullEventTime"], 1);
+    assert!(first.memory_used_bytes > 0);
+    // The no-data batch after batch 0 ran with watermark 11:20 and closed 10:00-11:00.
+    assert_eq!(progress[1].num_input_rows, 0);
+    assert_eq!(progress[1].event_time["watermark"], "2026-01-01T11:20:00.000Z");
+    assert_eq!(progress[1].state_operators[0].num_rows_removed, 1);
+    // The 10:15 row came after its window closed: dropped and counted.
+    let last = query.last_progress().unwrap();
+    assert_eq!(last.state_operators[0].num_rows_dropped_by_watermark, 1);
+    assert_eq!(query_rows(&session, "SELECT action, n FROM hourly").await, ["open|1"]);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn state_stays_bounded_on_an_endless_stream_with_a_watermark() {
+    let session = StreamingSession::new();
+    let query = hourly(&session, "update").await;
+    for hour in 0..30 {
+        let rows: Vec<String> = (0..20)
+            .map(|i| {
+                format!(
+                    r#"{{"phone_id": {i}, "time": "2026-01-{:02}T{:02}:{:02}:00", "action": "a{}"}}"#,
+                    1 + hour / 24,
+                    hour % 24,
+                    i * 2,
+                    i % 5
+                )
+            })
+            .collect();
+        push_json(&session, "events", &rows.iter().map(String::as_str).collect::<Vec<_>>());
+        query.process_all_available().await.unwrap();
+    }
+    // Five actions in at most two open windows at any time, whatever the stream's length.
+    let held: Vec<u64> = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.state_operators[0].num_rows_total)
+        .collect();
+    assert!(held.iter().all(|n| *n <= 10), "{held:?}");
+    let removed: u64 = query
+        .recent_progress()
+        .iter()
+        .map(|p| p.state_operators[0].num_rows_removed)
+        .sum();
+    assert!(removed >= 5 * 28, "{removed}");
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn available_now_ends_with_a_batch_that_closes_the_last_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(
+        dir.path(),
+        "a.json",
+        b"{\"t\": \"2026-01-01T10:05:00\"}\n{\"t\": \"2026-01-01T10:20:00\"}\n",
+    );
+    drop_file(dir.path(), "b.json", b"{\"t\": \"2026-01-01T11:40:00\"}\n");
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        &format!(
+            "CREATE TABLE e (t TIMESTAMP, WATERMARK FOR t AS t - INTERVAL '5 minutes')
+               WITH (connector = 'files', format = 'json', path = '{}', max_files_per_trigger = '1');
+             CREATE TABLE out WITH (connector = 'memory', output_mode = 'append', trigger = 'available_now');
+             INSERT INTO out SELECT w['start'] AS start, count(*) AS n FROM (SELECT window(t, '1 hour') AS w FROM e) GROUP BY w",
+            dir.path().display()
+        ),
+    )
+    .await;
+    assert!(query.await_termination(None).await.unwrap());
+    // Two files, then a batch without data whose watermark (11:35) closes 10:00-11:00.
+    let inputs: Vec<u64> = query.recent_progress().iter().map(|p| p.num_input_rows).collect();
+    assert_eq!(inputs.last(), Some(&0), "{inputs:?}");
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM out").await,
+        ["2026-01-01T10:00:00|2"]
+    );
+}
