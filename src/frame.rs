@@ -8,11 +8,32 @@ use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::provider_as_source;
+
 use crate::connector::{self, Options};
 use crate::error::{Error, Result};
+use crate::planner::StreamTable;
 use crate::query::{StreamingQuery, Trigger};
 use crate::session::StreamingSession;
 use crate::sink::OutputMode;
+use crate::sql::Watermark;
+
+/// The event-time window of `time` with this width (e.g. `"1 hour"`), as in SQL's
+/// `window(time, '1 hour')`: a struct `{start, end}` to group by.
+///
+/// # Examples
+/// ```
+/// use tidewater::datafusion::prelude::col;
+/// let by_hour = tidewater::window(col("time"), "1 hour");
+/// assert_eq!(by_hour.schema_name().to_string(), "window(time,Utf8(\"1 hour\"))");
+/// ```
+pub fn window(time: Expr, width: &str) -> Expr {
+    let udf = datafusion::logical_expr::ScalarUDF::new_from_impl(crate::sql::window::TimeWindow::new());
+    udf.call(vec![time, datafusion::logical_expr::lit(width)])
+}
 
 /// Describes a stream to read: `session.read_stream().format("json").schema(s).load("dir")`.
 #[derive(Debug)]
@@ -141,9 +162,61 @@ impl StreamingDataFrame {
         self.map(|df| df.drop_columns(columns))
     }
 
+    /// Declares an event-time watermark on `column` of the stream this frame reads: rows more
+    /// than `delay` (e.g. `"10 minutes"`) older than the latest event time seen are late, and
+    /// windows ending before that are final (Spark's `withWatermark`). The column must be a
+    /// timestamp column of the stream, under its name in the stream.
+    ///
+    /// # Errors
+    /// A bad delay, or no stream of this frame has a timestamp column of that name.
+    pub fn with_watermark(self, column: &str, delay: &str) -> Result<Self> {
+        let delay = crate::connector::parse_duration(delay).map_err(|m| Error::option("with_watermark()", m))?;
+        let watermark = Watermark {
+            column: column.to_string(),
+            delay,
+        };
+        let mut found = None;
+        let plan = self.df.logical_plan().clone().transform_up(|node| {
+            let LogicalPlan::TableScan(scan) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(table) = crate::planner::scanned_table(&node) else {
+                return Ok(Transformed::no(node));
+            };
+            let Some(stream) = table.downcast_ref::<StreamTable>() else {
+                return Ok(Transformed::no(node));
+            };
+            if stream.source.schema().field_with_name(column).is_err() {
+                return Ok(Transformed::no(node));
+            }
+            let marked = StreamTable::try_new(&stream.name, stream.source.clone(), Some(watermark.clone()))
+                .map_err(|e| e.into_datafusion())?;
+            found = Some(stream.name.clone());
+            let mut scan = scan.clone();
+            scan.source = provider_as_source(Arc::new(marked));
+            Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+        })?;
+        if found.is_none() {
+            return Err(Error::option(
+                "with_watermark()",
+                format!("no stream read by this frame has a column '{column}'"),
+            ));
+        }
+        let state = self.session.context().state();
+        Ok(StreamingDataFrame {
+            df: DataFrame::new(state, plan.data),
+            session: self.session,
+        })
+    }
+
     /// Rows of both frames (`UNION ALL`).
     pub fn union(self, other: StreamingDataFrame) -> Result<Self> {
         self.map(|df| df.union(other.df))
+    }
+
+    /// Groups by `group` and computes `aggregates` (with [`window`] to group by time windows).
+    pub fn aggregate(self, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<Self> {
+        self.map(|df| df.aggregate(group, aggregates))
     }
 
     /// Any other DataFusion DataFrame operation, e.g. a join with a static table.

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, ScalarUDF};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
@@ -102,9 +102,9 @@ impl StreamingSession {
     /// A session with this DataFusion configuration.
     pub fn with_config(config: SessionConfig) -> Self {
         let mut ctx = SessionContext::new_with_config(config);
-        ctx.register_udf(datafusion::logical_expr::ScalarUDF::new_from_impl(
-            crate::sql::window::TimeWindow::new(),
-        ));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::TimeWindow::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::WindowList::new()));
+        ctx.add_analyzer_rule(Arc::new(crate::sql::sliding::SlidingWindows));
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");
         }
@@ -339,27 +339,7 @@ impl StreamingSession {
     /// # Errors
     /// A name already taken, or a watermark on a column that is missing or not a timestamp.
     pub fn register_stream(&self, name: &str, source: Arc<dyn Source>, watermark: Option<Watermark>) -> Result<()> {
-        if let Some(w) = &watermark {
-            let schema = source.schema();
-            let field = schema.field_with_name(&w.column).map_err(|_| {
-                Error::plan(format!(
-                    "stream '{name}': WATERMARK FOR {}: there is no such column",
-                    w.column
-                ))
-            })?;
-            if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
-                return Err(Error::plan(format!(
-                    "stream '{name}': WATERMARK FOR {}: the column is {}, a watermark needs a TIMESTAMP column",
-                    w.column,
-                    field.data_type()
-                )));
-            }
-        }
-        let table = StreamTable {
-            name: name.to_string(),
-            source,
-            watermark,
-        };
+        let table = StreamTable::try_new(name, source, watermark)?;
         if self.inner.ctx.table_exist(name)? {
             return Err(Error::plan(format!("table '{name}' already exists")));
         }

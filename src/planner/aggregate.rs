@@ -151,7 +151,9 @@ pub(crate) async fn split(
     }
 
     let mut aggr_expr = aggregate.aggr_expr.clone();
-    aggr_expr.push(count(lit(1)).alias(ROW_COUNT));
+    // Counting a literal no query would count keeps DataFusion from merging this aggregate with
+    // an equal one of the user's.
+    aggr_expr.push(count(lit(ROW_COUNT)).alias(ROW_COUNT));
     let batch = LogicalPlan::Aggregate(Aggregate::try_new(
         Arc::clone(&aggregate.input),
         aggregate.group_expr.clone(),
@@ -224,7 +226,7 @@ fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
         .iter()
         .enumerate()
         .find_map(|(i, e)| match origin(e.clone().unalias(), &aggregate.input) {
-            Expr::ScalarFunction(f) if f.func.name() == "window" => match f.args.first() {
+            Expr::ScalarFunction(f) if matches!(f.func.name(), "window" | "window_list") => match f.args.first() {
                 Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
                 _ => None,
             },
@@ -254,6 +256,8 @@ fn origin(expr: Expr, plan: &LogicalPlan) -> Expr {
         }
         LogicalPlan::SubqueryAlias(alias) => origin(Expr::Column(Column::new_unqualified(&column.name)), &alias.input),
         LogicalPlan::Filter(filter) => origin(expr, &filter.input),
+        // An unnested column stands for the list it came from (sliding windows).
+        LogicalPlan::Unnest(unnest) => origin(expr, &unnest.input),
         _ => expr,
     }
 }

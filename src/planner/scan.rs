@@ -33,6 +33,40 @@ pub(crate) struct StreamTable {
     pub(crate) watermark: Option<Watermark>,
 }
 
+impl StreamTable {
+    /// A stream called `name`; a watermark must name a timestamp column of the source.
+    pub(crate) fn try_new(
+        name: &str,
+        source: Arc<dyn Source>,
+        watermark: Option<Watermark>,
+    ) -> crate::error::Result<Self> {
+        if let Some(w) = &watermark {
+            let schema = source.schema();
+            let field = schema.field_with_name(&w.column).map_err(|_| {
+                crate::error::Error::plan(format!(
+                    "stream '{name}': WATERMARK FOR {}: there is no such column",
+                    w.column
+                ))
+            })?;
+            if !matches!(
+                field.data_type(),
+                datafusion::arrow::datatypes::DataType::Timestamp(_, _)
+            ) {
+                return Err(crate::error::Error::plan(format!(
+                    "stream '{name}': WATERMARK FOR {}: the column is {}, a watermark needs a TIMESTAMP column",
+                    w.column,
+                    field.data_type()
+                )));
+            }
+        }
+        Ok(StreamTable {
+            name: name.to_string(),
+            source,
+            watermark,
+        })
+    }
+}
+
 #[async_trait]
 impl TableProvider for StreamTable {
     fn schema(&self) -> SchemaRef {

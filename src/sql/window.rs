@@ -92,20 +92,13 @@ pub(crate) fn window_spec(args: &[Option<&ScalarValue>]) -> DfResult<WindowSpec>
     if slide > width {
         return plan_err!("window(): the slide must not exceed the width (rows between windows would be lost)");
     }
-    if slide != width {
-        return plan_err!(
-            "window(): sliding windows (slide {} ns < width {} ns) are not supported in this version; use a tumbling window",
-            slide,
-            width
-        );
-    }
     if offset.abs() >= slide {
         return plan_err!("window(): the start offset must be smaller than the slide");
     }
     Ok(WindowSpec { width, slide, offset })
 }
 
-fn nanos_per(unit: &TimeUnit) -> i64 {
+pub(crate) fn nanos_per(unit: &TimeUnit) -> i64 {
     match unit {
         TimeUnit::Second => 1_000_000_000,
         TimeUnit::Millisecond => 1_000_000,
@@ -168,6 +161,12 @@ impl ScalarUDFImpl for TimeWindow {
             .collect();
         let refs: Vec<Option<&ScalarValue>> = constants.iter().map(Option::as_ref).collect();
         let spec = window_spec(&refs)?;
+        if spec.slide != spec.width {
+            return exec_err!(
+                "window() with a slide shorter than its width puts a row in several windows, so it can only be \
+                 a GROUP BY key"
+            );
+        }
         let times = args.args[0].to_array(args.number_rows)?;
         let DataType::Timestamp(unit, _) = times.data_type() else {
             return exec_err!(
@@ -198,5 +197,105 @@ impl ScalarUDFImpl for TimeWindow {
         let nulls: Option<NullBuffer> = times.logical_nulls();
         let windows = StructArray::try_new(fields, vec![as_time(starts)?, as_time(ends)?], nulls)?;
         Ok(ColumnarValue::Array(Arc::new(windows)))
+    }
+}
+
+/// `window_list(time, width, slide [, start_offset])`: every sliding window that contains `time`,
+/// as a list of `{start, end}` structs, latest first. The sliding-window rewrite
+/// ([`super::sliding`]) unnests it below the aggregation; it is not meant to be called directly.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WindowList {
+    signature: Signature,
+}
+
+impl WindowList {
+    pub(crate) fn new() -> Self {
+        WindowList {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+fn list_type(time: &DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", window_type(time), true)))
+}
+
+impl ScalarUDFImpl for WindowList {
+    fn name(&self) -> &str {
+        "window_list"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        TimeWindow::new().coerce_types(arg_types)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(list_type(&arg_types[0]))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::array::{ListArray, StructArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        let constants: Vec<Option<ScalarValue>> = args
+            .args
+            .iter()
+            .map(|a| match a {
+                ColumnarValue::Scalar(s) => Some(s.clone()),
+                ColumnarValue::Array(_) => None,
+            })
+            .collect();
+        let refs: Vec<Option<&ScalarValue>> = constants.iter().map(Option::as_ref).collect();
+        let spec = window_spec(&refs)?;
+        let times = args.args[0].to_array(args.number_rows)?;
+        let time_type = times.data_type().clone();
+        let DataType::Timestamp(unit, _) = &time_type else {
+            return exec_err!("window(): the time column must be a TIMESTAMP, got {time_type}");
+        };
+        let per = nanos_per(unit);
+        let (width, slide, offset) = (spec.width / per, spec.slide / per, spec.offset / per);
+        if slide == 0 {
+            return exec_err!("window(): the slide is shorter than one unit of the time column");
+        }
+        let raw = datafusion::arrow::compute::cast(&times, &DataType::Int64)?;
+        let raw = raw.as_primitive::<Int64Type>();
+        let (mut starts, mut lengths) = (Vec::new(), Vec::with_capacity(raw.len()));
+        for row in 0..raw.len() {
+            if raw.is_null(row) {
+                lengths.push(0);
+                continue;
+            }
+            let t = raw.value(row);
+            let mut start = t - (t - offset).rem_euclid(slide);
+            let mut n = 0;
+            while start + width > t {
+                starts.push(start);
+                start -= slide;
+                n += 1;
+            }
+            lengths.push(n);
+        }
+        let starts = PrimitiveArray::<Int64Type>::from(starts);
+        let ends: PrimitiveArray<Int64Type> = starts.unary(|s| s + width);
+        let as_time = |a: PrimitiveArray<Int64Type>| -> DfResult<ArrayRef> {
+            Ok(datafusion::arrow::compute::cast(&a, &time_type)?)
+        };
+        let DataType::Struct(fields) = window_type(&time_type) else {
+            return exec_err!("window(): struct type expected");
+        };
+        let windows = StructArray::try_new(fields, vec![as_time(starts)?, as_time(ends)?], None)?;
+        let DataType::List(item) = list_type(&time_type) else {
+            return exec_err!("window_list(): list type expected");
+        };
+        let list = ListArray::try_new(
+            item,
+            OffsetBuffer::from_lengths(lengths),
+            Arc::new(windows),
+            times.logical_nulls(),
+        )?;
+        Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }

@@ -64,3 +64,56 @@ async fn memory_sink_needs_a_query_name_and_text_needs_no_schema() {
     let error = session.read_stream().format("json").load("x").await.unwrap_err();
     assert!(error.to_string().contains("column list"), "{error}");
 }
+
+#[tokio::test]
+async fn windowed_counts_with_a_watermark_from_the_dataframe_api() {
+    use tidewater::datafusion::functions::core::expr_ext::FieldAccessor;
+    use tidewater::datafusion::functions_aggregate::expr_fn::count;
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(
+        dir.path(),
+        "a.json",
+        b"{\"time\": \"2026-01-01T10:05:00\", \"action\": \"open\"}\n{\"time\": \"2026-01-01T10:35:00\", \"action\": \"open\"}\n{\"time\": \"2026-01-01T12:00:00\", \"action\": \"close\"}\n",
+    );
+    let session = StreamingSession::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(tidewater::arrow::datatypes::TimeUnit::Nanosecond, None),
+            true,
+        ),
+        Field::new("action", DataType::Utf8, true),
+    ]));
+    let events = session
+        .read_stream()
+        .format("json")
+        .schema(schema)
+        .load(&dir.path().display().to_string())
+        .await
+        .unwrap();
+    assert!(events.clone().with_watermark("nope", "10 minutes").is_err());
+    let query = events
+        .with_watermark("time", "10 minutes")
+        .unwrap()
+        .aggregate(
+            vec![col("action"), tidewater::window(col("time"), "1 hour").alias("w")],
+            vec![count(lit(1)).alias("n")],
+        )
+        .unwrap()
+        .select(vec![col("action"), col("w").field("start").alias("start"), col("n")])
+        .unwrap()
+        .write_stream()
+        .format("memory")
+        .query_name("hourly")
+        .output_mode(OutputMode::Append)
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    assert!(query.await_termination(None).await.unwrap());
+    // The watermark (11:50) closed the 10:00 window only.
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM hourly").await,
+        ["open|2026-01-01T10:00:00|2"]
+    );
+}
