@@ -104,6 +104,7 @@ impl StreamingSession {
         let mut ctx = SessionContext::new_with_config(config);
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::TimeWindow::new()));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::WindowList::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::SessionWindow::new()));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sliding::SlidingWindows));
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");

@@ -19,7 +19,7 @@ use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::OperatorMetrics;
+use super::{OperatorMetrics, StatefulOperator};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::GroupTable;
@@ -76,12 +76,35 @@ impl StatefulAggregate {
         })
     }
 
-    /// Merges one batch's partial states and returns the rows to emit in `mode`.
-    ///
-    /// `late_watermark` (nanoseconds) is the watermark the batch started with: groups whose
-    /// window ended at or before it are late. `close_watermark` is the watermark after the batch:
-    /// windows ending at or before it are final, emitted in append mode and evicted.
-    pub(crate) fn process(
+    /// The output rows (keys and final values) of `slots` of `table`.
+    fn emit(&self, table: &GroupTable, slots: &[usize]) -> Result<RecordBatch> {
+        let mut columns = table.keys_of(slots)?;
+        columns.extend(self.aggregates.evaluate(&table.states_of(slots)?)?);
+        // Values come out in the accumulators' types; the plan's output types are the contract.
+        let columns = columns
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type()).map_err(|e| Error::Internal(format!("aggregate value {}: {e}", f.name())))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new_with_options(
+            self.output_schema.clone(),
+            columns,
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(slots.len())),
+        )
+        .map_err(|e| Error::Internal(format!("aggregate output: {e}")))
+    }
+}
+
+impl StatefulOperator for StatefulAggregate {
+    /// Merges one batch's partial states; windows ending at or before `close_watermark` are
+    /// emitted in append mode and evicted (kept in complete mode, which re-emits everything).
+    fn process(
         &mut self,
         partial: &[RecordBatch],
         mode: OutputMode,
@@ -171,31 +194,9 @@ impl StatefulAggregate {
             concat_batches(&self.output_schema, &out).map_err(|e| Error::Internal(format!("aggregate output: {e}")))?;
         Ok((output, metrics))
     }
+}
 
-    /// The output rows (keys and final values) of `slots` of `table`.
-    fn emit(&self, table: &GroupTable, slots: &[usize]) -> Result<RecordBatch> {
-        let mut columns = table.keys_of(slots)?;
-        columns.extend(self.aggregates.evaluate(&table.states_of(slots)?)?);
-        // Values come out in the accumulators' types; the plan's output types are the contract.
-        let columns = columns
-            .into_iter()
-            .zip(self.output_schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(|e| Error::Internal(format!("aggregate value {}: {e}", f.name())))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new_with_options(
-            self.output_schema.clone(),
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(slots.len())),
-        )
-        .map_err(|e| Error::Internal(format!("aggregate output: {e}")))
-    }
-
+impl StatefulAggregate {
     /// The bucket (window end in nanoseconds) of each partial row; `None` without event time.
     fn bucket_of_rows(&self, batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
         let Some(key) = self.event_time else {

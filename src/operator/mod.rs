@@ -5,8 +5,31 @@
 //! sinks; the driver hands it its input and takes its output. One operator per file.
 
 pub(crate) mod aggregate;
+pub(crate) mod session;
 
 pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
+pub(crate) use session::SessionAggregate;
+
+use datafusion::arrow::array::RecordBatch;
+
+use crate::error::Result;
+use crate::sink::OutputMode;
+
+/// A stateful operator: merges a batch's input into its state and says what to emit.
+pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
+    /// Takes one batch's input (partial aggregates) and returns the rows to emit in `mode`.
+    ///
+    /// `late_watermark` (nanoseconds) is the watermark the batch started with: input whose
+    /// window ended at or before it is late, dropped and counted. `close_watermark` is the one
+    /// after the batch: windows ending at or before it are final.
+    fn process(
+        &mut self,
+        input: &[RecordBatch],
+        mode: OutputMode,
+        late_watermark: Option<i64>,
+        close_watermark: Option<i64>,
+    ) -> Result<(RecordBatch, OperatorMetrics)>;
+}
 
 /// What a stateful operator reports for a batch (Spark's `StateOperatorProgress`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

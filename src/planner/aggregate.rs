@@ -14,11 +14,12 @@ use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::context::SessionState;
 use datafusion::functions_aggregate::expr_fn::count;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, lit};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, lit};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::memory::MemoryStream;
@@ -26,8 +27,9 @@ use datafusion::physical_plan::memory::MemoryStream;
 use super::scan::{OperatorOutputTable, StreamTable};
 use super::{bind_inputs, check_stateless, contains_stream, scanned_table};
 use crate::error::{Error, Result};
-use crate::operator::{EventTimeKey, StatefulAggregate};
+use crate::operator::{EventTimeKey, SessionAggregate, StatefulAggregate, StatefulOperator};
 use crate::sink::OutputMode;
+use crate::sql::window::SessionPiece;
 
 /// Name of the hidden row count added to a streaming aggregation.
 const ROW_COUNT: &str = "__tidewater_rows";
@@ -41,25 +43,38 @@ pub(crate) struct AggregatePlan {
     /// The aggregation's output schema (keys, then values), as the post plan reads it.
     output_schema: SchemaRef,
     event_time: Option<EventTimeKey>,
+    /// Position of the `session_window` key, for a session-window aggregation.
+    session: Option<usize>,
     /// The post plan, over one stream scan without a source: the operator's output.
     post: Arc<dyn ExecutionPlan>,
 }
 
 impl AggregatePlan {
     /// A fresh operator; `partial` is the batch plan (a partial `AggregateExec`).
-    pub(crate) fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>) -> Result<StatefulAggregate> {
+    pub(crate) fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>) -> Result<Box<dyn StatefulOperator>> {
         let exec = partial
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Internal("the batch plan of an aggregation is not an AggregateExec".into()))?;
         let mut exprs = exec.aggr_expr().to_vec();
         exprs.pop(); // the hidden row count
-        StatefulAggregate::try_new(
-            exprs,
-            &partial.schema(),
-            self.key_count,
-            self.output_schema.clone(),
-            self.event_time,
-        )
+        let schema = partial.schema();
+        let output = self.output_schema.clone();
+        Ok(match self.session {
+            Some(column) => Box::new(SessionAggregate::try_new(
+                exprs,
+                &schema,
+                self.key_count,
+                column,
+                output,
+            )?),
+            None => Box::new(StatefulAggregate::try_new(
+                exprs,
+                &schema,
+                self.key_count,
+                output,
+                self.event_time,
+            )?),
+        })
     }
 
     /// The schema of the query's final output.
@@ -141,7 +156,14 @@ pub(crate) async fn split(
             "GROUPING SETS, ROLLUP and CUBE over a stream are not supported",
         ));
     }
-    let event_time = event_time_key(aggregate);
+    let (event_time, session) = event_time_key(aggregate);
+    if session.is_some() && mode == OutputMode::Update {
+        return Err(Error::plan(
+            "session windows cannot run in output mode 'update': a session's key (its start and end) changes \
+             when sessions merge, so earlier updates could not be replaced; use 'append' (with a watermark) or \
+             'complete'",
+        ));
+    }
     if mode == OutputMode::Append && event_time.is_none() {
         return Err(Error::plan(
             "output mode 'append' emits each group once, when it is final, so it needs an event-time window with a \
@@ -154,11 +176,14 @@ pub(crate) async fn split(
     // Counting a literal no query would count keeps DataFusion from merging this aggregate with
     // an equal one of the user's.
     aggr_expr.push(count(lit(ROW_COUNT)).alias(ROW_COUNT));
-    let batch = LogicalPlan::Aggregate(Aggregate::try_new(
+    let mut batch = LogicalPlan::Aggregate(Aggregate::try_new(
         Arc::clone(&aggregate.input),
         aggregate.group_expr.clone(),
         aggr_expr,
     )?);
+    if session.is_some() {
+        batch = session_pieces(batch)?;
+    }
 
     // The post plan: the nodes above the aggregation, over a table of its output. The table's
     // columns have plain positional names; a projection gives them back the names and qualifiers
@@ -193,6 +218,7 @@ pub(crate) async fn split(
         key_count: aggregate.group_expr.len(),
         output_schema,
         event_time,
+        session,
         post,
     };
     Ok(Some((batch, plan)))
@@ -208,9 +234,10 @@ fn contains_stream_beside(node: &LogicalPlan) -> bool {
     found
 }
 
-/// Which grouping key carries event time: a `window(col, ...)` or `col` itself, where `col` is a
-/// stream's watermark column.
-fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
+/// Which grouping key carries event time: a `window(col, ...)`, a `session_window(col, ...)` or
+/// `col` itself, where `col` is a stream's watermark column; and which key is a session window,
+/// watermark or not.
+fn event_time_key(aggregate: &Aggregate) -> (Option<EventTimeKey>, Option<usize>) {
     let mut watermarked: HashSet<String> = HashSet::new();
     let _ = aggregate.input.apply(|node| {
         if let Some(provider) = scanned_table(node)
@@ -221,18 +248,59 @@ fn event_time_key(aggregate: &Aggregate) -> Option<EventTimeKey> {
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    aggregate
+    let origins: Vec<Expr> = aggregate
         .group_expr
         .iter()
-        .enumerate()
-        .find_map(|(i, e)| match origin(e.clone().unalias(), &aggregate.input) {
-            Expr::ScalarFunction(f) if matches!(f.func.name(), "window" | "window_list") => match f.args.first() {
+        .map(|e| origin(e.clone().unalias(), &aggregate.input))
+        .collect();
+    let session = origins
+        .iter()
+        .position(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == "session_window"));
+    let event_time = origins.iter().enumerate().find_map(|(i, e)| match e {
+        Expr::ScalarFunction(f) if matches!(f.func.name(), "window" | "window_list" | "session_window") => {
+            match f.args.first() {
                 Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
                 _ => None,
-            },
-            Expr::Column(c) if watermarked.contains(&c.name) => Some(EventTimeKey::Time(i)),
-            _ => None,
-        })
+            }
+        }
+        Expr::Column(c) if watermarked.contains(&c.name) => Some(EventTimeKey::Time(i)),
+        _ => None,
+    });
+    (event_time, session)
+}
+
+/// Replaces every `session_window(...)` in the plan by the row's own piece of a session, which
+/// the session operator merges; the replaced expressions keep their names.
+fn session_pieces(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let piece = Arc::new(ScalarUDF::new_from_impl(SessionPiece::new()));
+    let replaced = plan.transform_up(|node| {
+        let mut changed = false;
+        let exprs = node
+            .expressions()
+            .into_iter()
+            .map(|expr| {
+                let name = expr.schema_name().to_string();
+                let new = expr.transform_up(|e| match e {
+                    Expr::ScalarFunction(f) if f.func.name() == "session_window" => Ok(Transformed::yes(
+                        Expr::ScalarFunction(ScalarFunction::new_udf(Arc::clone(&piece), f.args)),
+                    )),
+                    other => Ok(Transformed::no(other)),
+                })?;
+                changed |= new.transformed;
+                Ok(match (new.transformed, new.data) {
+                    (true, e @ Expr::Alias(_)) => e,
+                    (true, e) => e.alias(name),
+                    (false, e) => e,
+                })
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        if !changed {
+            return Ok(Transformed::no(node));
+        }
+        let inputs = node.inputs().into_iter().cloned().collect();
+        Ok(Transformed::yes(node.with_new_exprs(exprs, inputs)?))
+    })?;
+    Ok(replaced.data)
 }
 
 /// The expression a column stands for, followed down through projections, aliases and filters

@@ -9,7 +9,8 @@
 //!
 //! A query with an aggregation over a stream is cut in three (see [`aggregate`]): the *batch
 //! plan* up to DataFusion's partial aggregation, the [`StatefulAggregate`] operator that merges
-//! partial states across batches, and the *post plan* (HAVING, projection, ORDER BY/LIMIT) over
+//! partial states across batches (or [`SessionAggregate`](crate::operator::SessionAggregate) for
+//! session windows), and the *post plan* (HAVING, projection, ORDER BY/LIMIT) over
 //! what the operator emits.
 //!
 //! This module also decides what a query may do on a stream and in which output mode, and refuses
@@ -32,7 +33,7 @@ pub(crate) use aggregate::AggregatePlan;
 pub(crate) use scan::{StreamScanExec, StreamTable};
 
 use crate::error::{Error, Result};
-use crate::operator::StatefulAggregate;
+use crate::operator::StatefulOperator;
 use crate::sink::OutputMode;
 use crate::source::Source;
 use crate::sql::Watermark;
@@ -131,7 +132,7 @@ impl IncrementalPlan {
     }
 
     /// A fresh operator for the query's aggregation.
-    pub(crate) fn new_operator(&self) -> Result<Option<StatefulAggregate>> {
+    pub(crate) fn new_operator(&self) -> Result<Option<Box<dyn StatefulOperator>>> {
         self.aggregate
             .as_ref()
             .map(|a| a.new_operator(&self.batch.physical))

@@ -299,3 +299,121 @@ impl ScalarUDFImpl for WindowList {
         Ok(ColumnarValue::Array(Arc::new(list)))
     }
 }
+
+/// `session_window(time, gap)`: the session a row belongs to, as a struct `{start, end}`.
+///
+/// Sessions depend on the rows around each row, so no scalar function can compute them: a
+/// streaming aggregation replaces this call by [`SessionPiece`] and merges the pieces into
+/// sessions (see `operator::session`). Anywhere else the call is refused when it runs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionWindow {
+    signature: Signature,
+    name: &'static str,
+}
+
+impl SessionWindow {
+    /// The user-facing `session_window`.
+    pub(crate) fn new() -> Self {
+        SessionWindow {
+            signature: Signature::user_defined(Volatility::Immutable),
+            name: "session_window",
+        }
+    }
+}
+
+/// The row's own piece of a session, `{time, time + gap}`, which the session operator merges.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct SessionPiece {
+    signature: Signature,
+}
+
+impl SessionPiece {
+    pub(crate) const NAME: &'static str = "__tidewater_session_piece";
+
+    pub(crate) fn new() -> Self {
+        SessionPiece {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+fn session_coerce(arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+    if arg_types.len() != 2 {
+        return plan_err!("session_window(time, gap) takes 2 arguments");
+    }
+    TimeWindow::new().coerce_types(arg_types)
+}
+
+impl ScalarUDFImpl for SessionWindow {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        session_coerce(arg_types)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(window_type(&arg_types[0]))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs<'_>) -> DfResult<FieldRef> {
+        window_spec(args.scalar_arguments).map_err(|e| e.context("session_window(): the gap"))?;
+        Ok(Arc::new(Field::new(
+            self.name(),
+            window_type(args.arg_fields[0].data_type()),
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        exec_err!(
+            "session_window() is computed by a streaming aggregation (GROUP BY ..., session_window(time, gap) \
+             over a stream); it is not available on static tables yet"
+        )
+    }
+}
+
+impl ScalarUDFImpl for SessionPiece {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        session_coerce(arg_types)
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(window_type(&arg_types[0]))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let gap = match &args.args[1] {
+            ColumnarValue::Scalar(v) => duration_nanos(v, "the gap")?,
+            ColumnarValue::Array(_) => return exec_err!("session_window(): the gap must be a constant"),
+        };
+        let times = args.args[0].to_array(args.number_rows)?;
+        let time_type = times.data_type().clone();
+        let DataType::Timestamp(unit, _) = &time_type else {
+            return exec_err!("session_window(): the time column must be a TIMESTAMP, got {time_type}");
+        };
+        let gap = gap / nanos_per(unit);
+        let raw = datafusion::arrow::compute::cast(&times, &DataType::Int64)?;
+        let starts = raw.as_primitive::<Int64Type>().clone();
+        let ends: PrimitiveArray<Int64Type> = starts.unary(|t| t + gap);
+        let DataType::Struct(fields) = window_type(&time_type) else {
+            return exec_err!("session_window(): struct type expected");
+        };
+        let as_time = |a: &dyn Array| datafusion::arrow::compute::cast(a, &time_type);
+        let pieces = StructArray::try_new(fields, vec![as_time(&starts)?, as_time(&ends)?], times.logical_nulls())?;
+        Ok(ColumnarValue::Array(Arc::new(pieces)))
+    }
+}

@@ -59,7 +59,11 @@ impl Aggregates {
 
     /// Merges state rows into `groups` groups: `inputs` are `(state columns, group of each row)`.
     /// Returns the merged accumulators, one per aggregate.
-    fn merge(&self, inputs: &[(&[ArrayRef], &[usize])], groups: usize) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+    pub(crate) fn merge(
+        &self,
+        inputs: &[(&[ArrayRef], &[usize])],
+        groups: usize,
+    ) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
         let mut accumulators = Vec::with_capacity(self.exprs.len());
         for (expr, columns) in self.exprs.iter().zip(&self.state_columns) {
             let mut acc = Self::accumulator(expr)?;
@@ -253,7 +257,7 @@ impl GroupTable {
 }
 
 /// Rows `at = (chunk, row)` of `chunks`, column by column.
-fn gather(chunks: &[RecordBatch], at: &[(usize, usize)], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
+pub(crate) fn gather(chunks: &[RecordBatch], at: &[(usize, usize)], schema: &SchemaRef) -> Result<Vec<ArrayRef>> {
     (0..schema.fields().len())
         .map(|c| {
             if at.is_empty() || chunks.is_empty() {

@@ -1,0 +1,339 @@
+//! Session windows: `GROUP BY key, session_window(time, gap)`.
+//!
+//! # Background
+//! A session is a run of rows of one key where each row comes less than `gap` after the previous
+//! one; it spans `[first time, last time + gap)`. Sessions grow, and merge when a row bridges two
+//! of them, so their keys change as data arrives: that is why they get their own state instead of
+//! the [`GroupTable`](crate::state::GroupTable) of fixed keys. Each row enters as a piece
+//! `[time, time + gap)` (DataFusion's partial aggregation pre-merges rows with equal times); per
+//! key, the pieces and the stored sessions are sorted and overlapping ones merged, their states
+//! merged by fresh accumulators, as for other windows. A session is final when the watermark passes
+//! its end: append mode emits it then and forgets it; complete mode emits every session each batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+
+use super::aggregate::to_nanos;
+use super::{OperatorMetrics, StatefulOperator};
+use crate::error::{Error, Result};
+use crate::sink::OutputMode;
+use crate::state::groups::{Aggregates, gather};
+
+/// One session of one key: its span in nanoseconds and where its state row is.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    start: i64,
+    end: i64,
+    at: (usize, usize),
+}
+
+/// The state of a session-window aggregation.
+pub(crate) struct SessionAggregate {
+    aggregates: Aggregates,
+    /// Position of the `session_window` column among the group columns.
+    session_column: usize,
+    key_count: usize,
+    converter: RowConverter,
+    state_schema: SchemaRef,
+    output_schema: SchemaRef,
+    /// Sessions by key (the other group columns, row-encoded), sorted by start.
+    sessions: HashMap<OwnedRow, Vec<Session>>,
+    /// State rows in chunks, live or superseded.
+    states: Vec<RecordBatch>,
+    state_rows: usize,
+}
+
+impl std::fmt::Debug for SessionAggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionAggregate")
+            .field("keys", &self.sessions.len())
+            .finish()
+    }
+}
+
+impl SessionAggregate {
+    /// Like [`StatefulAggregate::try_new`](super::StatefulAggregate::try_new), with the position
+    /// of the `session_window` column among the `key_count` group columns.
+    pub(crate) fn try_new(
+        exprs: Vec<Arc<AggregateFunctionExpr>>,
+        partial_schema: &SchemaRef,
+        key_count: usize,
+        session_column: usize,
+        output_schema: SchemaRef,
+    ) -> Result<Self> {
+        let fields = partial_schema.fields();
+        let other_keys: Vec<SortField> = fields[..key_count]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != session_column)
+            .map(|(_, f)| SortField::new(f.data_type().clone()))
+            .collect();
+        Ok(SessionAggregate {
+            aggregates: Aggregates::try_new(exprs)?,
+            session_column,
+            key_count,
+            converter: RowConverter::new(other_keys).map_err(|e| Error::Internal(format!("session keys: {e}")))?,
+            state_schema: Arc::new(Schema::new(fields[key_count..fields.len() - 1].to_vec())),
+            output_schema,
+            sessions: HashMap::new(),
+            states: Vec::new(),
+            state_rows: 0,
+        })
+    }
+
+    fn other_keys(&self, columns: &[ArrayRef]) -> Vec<ArrayRef> {
+        columns[..self.key_count]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != self.session_column)
+            .map(|(_, c)| Arc::clone(c))
+            .collect()
+    }
+
+    /// Output rows for `(key, session)` pairs.
+    fn emit(&self, picked: &[(OwnedRow, Session)]) -> Result<RecordBatch> {
+        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session output: {e}"));
+        let mut keys = self
+            .converter
+            .convert_rows(picked.iter().map(|(k, _)| k.row()))
+            .map_err(internal)?;
+        let DataType::Struct(fields) = self.output_schema.field(self.session_column).data_type().clone() else {
+            return Err(Error::Internal("session_window column is not a struct".into()));
+        };
+        let time_type = fields[0].data_type().clone();
+        let starts =
+            datafusion::arrow::array::Int64Array::from(picked.iter().map(|(_, s)| s.start).collect::<Vec<_>>());
+        let ends = datafusion::arrow::array::Int64Array::from(picked.iter().map(|(_, s)| s.end).collect::<Vec<_>>());
+        let from_nanos = |a: &datafusion::arrow::array::Int64Array| -> Result<ArrayRef> {
+            let ns = cast(
+                a,
+                &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+            )
+            .map_err(internal)?;
+            cast(&ns, &time_type).map_err(internal)
+        };
+        let sessions =
+            StructArray::try_new(fields, vec![from_nanos(&starts)?, from_nanos(&ends)?], None).map_err(internal)?;
+        keys.insert(self.session_column, Arc::new(sessions));
+        let at: Vec<(usize, usize)> = picked.iter().map(|(_, s)| s.at).collect();
+        keys.extend(
+            self.aggregates
+                .evaluate(&gather(&self.states, &at, &self.state_schema)?)?,
+        );
+        let columns = keys
+            .into_iter()
+            .zip(self.output_schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    cast(&c, f.data_type()).map_err(internal)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(picked.len()));
+        RecordBatch::try_new_with_options(self.output_schema.clone(), columns, &options).map_err(internal)
+    }
+
+    fn compact(&mut self) -> Result<()> {
+        let mut all: Vec<&mut Session> = self.sessions.values_mut().flatten().collect();
+        let at: Vec<(usize, usize)> = all.iter().map(|s| s.at).collect();
+        let live = gather(&self.states, &at, &self.state_schema)?;
+        let chunk = RecordBatch::try_new(self.state_schema.clone(), live)
+            .map_err(|e| Error::Internal(format!("compacting sessions: {e}")))?;
+        for (row, session) in all.iter_mut().enumerate() {
+            session.at = (0, row);
+        }
+        self.state_rows = chunk.num_rows();
+        self.states = vec![chunk];
+        Ok(())
+    }
+}
+
+/// A piece of input for one key: a partial row's span, or a stored session.
+#[derive(Clone, Copy)]
+enum Piece {
+    New {
+        start: i64,
+        end: i64,
+        batch: usize,
+        row: usize,
+    },
+    Old(Session),
+}
+
+impl Piece {
+    fn span(&self) -> (i64, i64) {
+        match self {
+            Piece::New { start, end, .. } => (*start, *end),
+            Piece::Old(s) => (s.start, s.end),
+        }
+    }
+}
+
+impl StatefulOperator for SessionAggregate {
+    fn process(
+        &mut self,
+        partial: &[RecordBatch],
+        mode: OutputMode,
+        late_watermark: Option<i64>,
+        close_watermark: Option<i64>,
+    ) -> Result<(RecordBatch, OperatorMetrics)> {
+        let mut metrics = OperatorMetrics::default();
+        let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
+        // New pieces per key.
+        let mut pieces: HashMap<OwnedRow, Vec<Piece>> = HashMap::new();
+        for (b, batch) in partial.iter().enumerate() {
+            let columns = batch.columns();
+            let counts = columns[columns.len() - 1].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let spans = columns[self.session_column].as_struct();
+            let nulls = spans.logical_nulls();
+            let starts = to_nanos(spans.column(0))?;
+            let ends = to_nanos(spans.column(1))?;
+            let keys = self
+                .converter
+                .convert_columns(&self.other_keys(columns))
+                .map_err(|e| Error::Internal(format!("session keys: {e}")))?;
+            for row in 0..batch.num_rows() {
+                let rows = counts.value(row) as u64;
+                if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
+                    metrics.null_event_time += rows;
+                    continue;
+                }
+                let (start, end) = (starts.value(row), ends.value(row));
+                if late_watermark.is_some_and(|w| end <= w) {
+                    metrics.dropped_by_watermark += rows;
+                    continue;
+                }
+                pieces.entry(keys.row(row).owned()).or_default().push(Piece::New {
+                    start,
+                    end,
+                    batch: b,
+                    row,
+                });
+            }
+        }
+
+        // Merge pieces with the stored sessions of their key.
+        let mut merged: Vec<(OwnedRow, i64, i64)> = Vec::new();
+        let (mut old_at, mut old_group) = (Vec::new(), Vec::new());
+        let mut new_rows: Vec<Vec<u32>> = vec![Vec::new(); partial.len()];
+        let mut new_group: Vec<Vec<usize>> = vec![Vec::new(); partial.len()];
+        for (key, mut list) in pieces {
+            list.extend(
+                self.sessions
+                    .remove(&key)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Piece::Old),
+            );
+            list.sort_by_key(|p| p.span());
+            let mut current: Option<(i64, i64)> = None;
+            for piece in list {
+                let (start, end) = piece.span();
+                match &mut current {
+                    Some((_, current_end)) if start < *current_end => *current_end = (*current_end).max(end),
+                    _ => {
+                        if let Some((s, e)) = current.take() {
+                            merged.push((key.clone(), s, e));
+                        }
+                        current = Some((start, end));
+                    }
+                }
+                let group = merged.len();
+                match piece {
+                    Piece::Old(s) => {
+                        old_at.push(s.at);
+                        old_group.push(group);
+                    }
+                    Piece::New { batch, row, .. } => {
+                        new_rows[batch].push(row as u32);
+                        new_group[batch].push(group);
+                    }
+                }
+            }
+            if let Some((s, e)) = current {
+                merged.push((key, s, e));
+            }
+        }
+        metrics.rows_updated = merged.len() as u64;
+        if !merged.is_empty() {
+            let old_states = gather(&self.states, &old_at, &self.state_schema)?;
+            let mut inputs: Vec<(Vec<ArrayRef>, Vec<usize>)> = vec![(old_states, old_group)];
+            for (b, batch) in partial.iter().enumerate() {
+                let indices = UInt32Array::from(std::mem::take(&mut new_rows[b]));
+                let columns = batch.columns();
+                let states = columns[self.key_count..columns.len() - 1]
+                    .iter()
+                    .map(|c| take(c.as_ref(), &indices, None).map_err(|e| Error::Internal(format!("{e}"))))
+                    .collect::<Result<Vec<_>>>()?;
+                inputs.push((states, std::mem::take(&mut new_group[b])));
+            }
+            let refs: Vec<(&[ArrayRef], &[usize])> = inputs.iter().map(|(s, g)| (s.as_slice(), g.as_slice())).collect();
+            let mut accumulators = self.aggregates.merge(&refs, merged.len())?;
+            let mut columns = Vec::new();
+            for acc in &mut accumulators {
+                columns.extend(acc.state(EmitTo::All)?);
+            }
+            let chunk = RecordBatch::try_new(self.state_schema.clone(), columns)
+                .map_err(|e| Error::Internal(format!("merged sessions: {e}")))?;
+            let chunk_index = self.states.len();
+            self.state_rows += chunk.num_rows();
+            self.states.push(chunk);
+            for (row, (key, start, end)) in merged.into_iter().enumerate() {
+                let list = self.sessions.entry(key).or_default();
+                list.push(Session {
+                    start,
+                    end,
+                    at: (chunk_index, row),
+                });
+                list.sort_by_key(|s| s.start);
+            }
+        }
+
+        // Emit: complete mode everything; append mode the sessions the watermark closed.
+        let mut picked: Vec<(OwnedRow, Session)> = Vec::new();
+        match (mode, close_watermark) {
+            (OutputMode::Complete, _) => {
+                for (key, list) in &self.sessions {
+                    picked.extend(list.iter().map(|s| (key.clone(), *s)));
+                }
+            }
+            (_, Some(watermark)) => {
+                for (key, list) in self.sessions.iter_mut() {
+                    let (closed, open): (Vec<Session>, Vec<Session>) = list.iter().partition(|s| s.end <= watermark);
+                    metrics.rows_removed += closed.len() as u64;
+                    if mode == OutputMode::Append {
+                        picked.extend(closed.into_iter().map(|s| (key.clone(), s)));
+                    }
+                    *list = open;
+                }
+                self.sessions.retain(|_, list| !list.is_empty());
+            }
+            _ => {}
+        }
+        let output = self.emit(&picked)?;
+        let live: usize = self.sessions.values().map(Vec::len).sum();
+        if self.state_rows > 4096 && self.state_rows > 2 * live {
+            self.compact()?;
+        }
+        metrics.rows_total = live as u64;
+        metrics.memory_bytes = (self.states.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
+            + self
+                .sessions
+                .keys()
+                .map(|k| k.as_ref().as_ref().len() + 48)
+                .sum::<usize>()
+            + live * std::mem::size_of::<Session>()) as u64;
+        let output = concat_batches(&self.output_schema, [&output])
+            .map_err(|e| Error::Internal(format!("session output: {e}")))?;
+        Ok((output, metrics))
+    }
+}
