@@ -60,6 +60,9 @@ fn input(rows: usize) -> Vec<RecordBatch> {
 
 struct Streamed {
     elapsed: Duration,
+    /// Total milliseconds per phase over all batches (`getBatch`, `addBatch`, ...).
+    phases: std::collections::BTreeMap<String, u64>,
+    batches: usize,
     output_rows: u64,
     groups: u64,
     state_bytes: u64,
@@ -91,8 +94,16 @@ async fn streaming(batches: &[RecordBatch], query: &str, mode: &str) -> tidewate
         .and_then(|p| p.state_operators.first().cloned())
         .unwrap_or_default();
     handle.stop().await?;
+    let mut phases = std::collections::BTreeMap::new();
+    for p in &progress {
+        for (phase, ms) in &p.duration_ms {
+            *phases.entry(phase.clone()).or_insert(0) += ms;
+        }
+    }
     Ok(Streamed {
         elapsed,
+        phases,
+        batches: progress.len(),
         output_rows: progress.iter().map(|p| p.sink.num_output_rows).sum(),
         groups: last.num_rows_total,
         state_bytes: last.memory_used_bytes,
@@ -155,6 +166,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             streamed.elapsed.as_secs_f64(),
             stream_rate / batch_rate,
             streamed.output_rows
+        );
+        println!(
+            "  {} batches; ms per phase in total: {:?}",
+            streamed.batches, streamed.phases
         );
         if mode == "update" {
             println!(

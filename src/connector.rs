@@ -22,10 +22,18 @@ type Connector = (&'static str, &'static [&'static str]);
 const SOURCE_CONNECTORS: &[Connector] = &[
     (
         "files",
-        &["path", "format", "max_files_per_trigger", "mode", "header", "delimiter"],
+        &[
+            "path",
+            "format",
+            "max_files_per_trigger",
+            "mode",
+            "header",
+            "delimiter",
+            "idle_timeout",
+        ],
     ),
-    ("memory", &[]),
-    ("rate", &["rows_per_second"]),
+    ("memory", &["idle_timeout"]),
+    ("rate", &["rows_per_second", "idle_timeout"]),
 ];
 
 /// Sink connectors and the options each accepts, besides [`QUERY_OPTIONS`].
@@ -146,12 +154,34 @@ impl Options {
 }
 
 /// A built source, with the push handle when it is a memory stream.
-pub(crate) type BuiltSource = (Arc<dyn Source>, Option<MemoryStream>);
+pub(crate) struct BuiltSource {
+    pub(crate) source: Arc<dyn Source>,
+    pub(crate) memory: Option<MemoryStream>,
+    /// After this long without new rows, the source no longer holds the watermark back.
+    pub(crate) idle_timeout: Option<Duration>,
+}
 
 /// Builds the source of a stream. `schema` is the declared column list (`None` when there is none).
 pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Result<BuiltSource> {
     let (connector, valid) = options.connector(SOURCE_CONNECTORS)?;
     options.check_known(connector, valid)?;
+    let idle_timeout = options
+        .get("idle_timeout")
+        .map(|t| parse_duration(t).map_err(|m| options.error(format!("option 'idle_timeout': {m}"))))
+        .transpose()?;
+    let (source, memory) = source_of(connector, options, schema)?;
+    Ok(BuiltSource {
+        source,
+        memory,
+        idle_timeout,
+    })
+}
+
+fn source_of(
+    connector: &str,
+    options: &Options,
+    schema: Option<SchemaRef>,
+) -> Result<(Arc<dyn Source>, Option<MemoryStream>)> {
     match connector {
         "files" => {
             let format = options

@@ -80,8 +80,8 @@ impl DataStreamReader {
         let mut options = self.options("read_stream()")?;
         options.insert("connector", "files");
         options.insert("path", path);
-        let (source, _) = connector::build_source(&options, self.schema)?;
-        self.session.anonymous_stream(source).await
+        let built = connector::build_source(&options, self.schema)?;
+        self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 
     /// A stream that takes no path, such as `rate`.
@@ -92,8 +92,8 @@ impl DataStreamReader {
         let mut options = self.options("read_stream()")?;
         let format = self.format.clone().unwrap_or_default();
         options.insert("connector", format);
-        let (source, _) = connector::build_source(&options, self.schema)?;
-        self.session.anonymous_stream(source).await
+        let built = connector::build_source(&options, self.schema)?;
+        self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 
     fn options(&self, context: &str) -> Result<Options> {
@@ -190,7 +190,8 @@ impl StreamingDataFrame {
                 return Ok(Transformed::no(node));
             }
             let marked = StreamTable::try_new(&stream.name, stream.source.clone(), Some(watermark.clone()))
-                .map_err(|e| e.into_datafusion())?;
+                .map_err(|e| e.into_datafusion())?
+                .with_idle_timeout(stream.idle_timeout);
             found = Some(stream.name.clone());
             let mut scan = scan.clone();
             scan.source = provider_as_source(Arc::new(marked));

@@ -317,9 +317,10 @@ impl StreamingSession {
             lock(&self.inner.sinks).insert(name.to_string(), definition);
             return Ok(());
         }
-        let (source, memory) = connector::build_source(&options, schema)?;
-        self.register_stream(name, source, watermark)?;
-        if let Some(memory) = memory {
+        let built = connector::build_source(&options, schema)?;
+        let table = StreamTable::try_new(name, built.source, watermark)?.with_idle_timeout(built.idle_timeout);
+        self.register_table(table)?;
+        if let Some(memory) = built.memory {
             lock(&self.inner.memory_streams).insert(name.to_string(), memory);
         }
         Ok(())
@@ -340,7 +341,12 @@ impl StreamingSession {
     /// # Errors
     /// A name already taken, or a watermark on a column that is missing or not a timestamp.
     pub fn register_stream(&self, name: &str, source: Arc<dyn Source>, watermark: Option<Watermark>) -> Result<()> {
-        let table = StreamTable::try_new(name, source, watermark)?;
+        self.register_table(StreamTable::try_new(name, source, watermark)?)
+    }
+
+    fn register_table(&self, table: StreamTable) -> Result<()> {
+        let name = table.name.clone();
+        let name = name.as_str();
         if self.inner.ctx.table_exist(name)? {
             return Err(Error::plan(format!("table '{name}' already exists")));
         }
@@ -386,10 +392,14 @@ impl StreamingSession {
     }
 
     /// Registers `source` under a fresh name and returns it as a streaming DataFrame.
-    pub(crate) async fn anonymous_stream(&self, source: Arc<dyn Source>) -> Result<StreamingDataFrame> {
+    pub(crate) async fn anonymous_stream(
+        &self,
+        source: Arc<dyn Source>,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> Result<StreamingDataFrame> {
         let n = self.inner.next_anonymous.fetch_add(1, Ordering::Relaxed);
         let name = format!("__stream_{n}");
-        self.register_stream(&name, source, None)?;
+        self.register_table(StreamTable::try_new(&name, source, None)?.with_idle_timeout(idle_timeout))?;
         self.stream(&name).await
     }
 

@@ -69,6 +69,7 @@ pub(crate) struct ScanSpec {
     pub(crate) projection: Option<Vec<usize>>,
     /// The stream's watermark and the position of its event-time column in the scan's output.
     pub(crate) watermark: Option<(Watermark, usize)>,
+    pub(crate) idle_timeout: Option<std::time::Duration>,
 }
 
 impl IncrementalPlan {
@@ -167,6 +168,15 @@ impl BatchPlan {
     /// Plans physically with `now()` fixed at `time`.
     async fn plan_at(&self, state: &SessionState, time: DateTime<Utc>) -> Result<Arc<dyn ExecutionPlan>> {
         let mut state = state.clone();
+        // Order does not matter to an aggregation: let DataFusion spread the batch over its
+        // partitions (stateless queries keep rows in source order instead).
+        if self.partial {
+            state
+                .config_mut()
+                .options_mut()
+                .optimizer
+                .enable_round_robin_repartition = true;
+        }
         let config = Arc::clone(state.config_options());
         let props = state.execution_props_mut();
         props.mark_start_execution(config);
@@ -228,6 +238,7 @@ fn scans_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<ScanSpec> {
                 source: origin.source.clone(),
                 projection: scan.projection.clone(),
                 watermark,
+                idle_timeout: origin.idle_timeout,
             });
         }
         Ok(TreeNodeRecursion::Continue)

@@ -31,9 +31,16 @@ pub(crate) struct StreamTable {
     pub(crate) name: String,
     pub(crate) source: Arc<dyn Source>,
     pub(crate) watermark: Option<Watermark>,
+    /// After this long without new rows, the stream no longer holds the watermark back.
+    pub(crate) idle_timeout: Option<std::time::Duration>,
 }
 
 impl StreamTable {
+    pub(crate) fn with_idle_timeout(mut self, idle_timeout: Option<std::time::Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
     /// A stream called `name`; a watermark must name a timestamp column of the source.
     pub(crate) fn try_new(
         name: &str,
@@ -63,6 +70,7 @@ impl StreamTable {
             name: name.to_string(),
             source,
             watermark,
+            idle_timeout: None,
         })
     }
 }
@@ -89,6 +97,7 @@ impl TableProvider for StreamTable {
         let origin = ScanOrigin {
             source: self.source.clone(),
             watermark: self.watermark.clone(),
+            idle_timeout: self.idle_timeout,
         };
         Ok(Arc::new(StreamScanExec::new(
             self.name.clone(),
@@ -139,6 +148,7 @@ impl TableProvider for OperatorOutputTable {
 pub(crate) struct ScanOrigin {
     pub(crate) source: Arc<dyn Source>,
     pub(crate) watermark: Option<Watermark>,
+    pub(crate) idle_timeout: Option<std::time::Duration>,
 }
 
 /// The leaf of a streaming plan: one batch's rows of one stream, once bound.

@@ -50,6 +50,16 @@ struct SourceCursor {
     delay: Option<i64>,
     /// The largest event time read so far, in nanoseconds (`i64::MIN` before any).
     max_event_time: Arc<AtomicI64>,
+    /// After this long without new rows the source no longer holds the watermark back.
+    idle_timeout: Option<Duration>,
+    /// When the source last had new rows.
+    last_data: Instant,
+}
+
+impl SourceCursor {
+    fn idle(&self) -> bool {
+        self.idle_timeout.is_some_and(|t| self.last_data.elapsed() > t)
+    }
 }
 
 /// The event-time watermarks, in nanoseconds since the epoch.
@@ -66,7 +76,7 @@ impl Watermarks {
     /// that have seen rows, never going back.
     fn advance(&mut self, cursors: &[SourceCursor]) {
         self.previous = self.current;
-        let candidates = cursors.iter().filter_map(|c| {
+        let candidates = cursors.iter().filter(|c| !c.idle()).filter_map(|c| {
             let delay = c.delay?;
             let max = c.max_event_time.load(Ordering::Relaxed);
             (max != i64::MIN).then(|| max.saturating_sub(delay))
@@ -111,6 +121,8 @@ impl Driver {
                         cap: None,
                         delay: None,
                         max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
+                        idle_timeout: scan.idle_timeout,
+                        last_data: Instant::now(),
                     });
                     cursors.len() - 1
                 }
@@ -223,8 +235,9 @@ impl Driver {
             // The sink has the batch: its end offsets are now the committed ones.
             let starts: Vec<Option<Offset>> = cursors.iter().map(|c| c.committed.clone()).collect();
             for (cursor, end) in cursors.iter_mut().zip(&ends) {
-                if end.is_some() {
+                if end.is_some() && *end != cursor.committed {
                     cursor.committed = end.clone();
+                    cursor.last_data = Instant::now();
                 }
             }
             let batch_watermark = watermarks.current;
@@ -367,6 +380,10 @@ struct Report<'a> {
     counters: &'a [Arc<AtomicU64>],
 }
 
+/// Rows per record batch handed to a batch plan: large source batches are sliced (without
+/// copying) to this size, so that DataFusion can spread them over its partitions.
+const ROWS_PER_RECORD_BATCH: usize = 8192;
+
 /// Counts the rows that pass through `stream` into `counter` and, given an event-time column,
 /// keeps the largest event time seen in `max`.
 fn counted(
@@ -375,17 +392,28 @@ fn counted(
     event_time: Option<(usize, Arc<AtomicI64>)>,
 ) -> SendableRecordBatchStream {
     let schema = stream.schema();
-    let counting = stream.inspect(move |batch| {
-        if let Ok(batch) = batch {
-            counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-            if let Some((column, max)) = &event_time
-                && let Ok(nanos) = crate::operator::aggregate::to_nanos(batch.column(*column))
-                && let Some(latest) = datafusion::arrow::compute::max(&nanos)
-            {
-                max.fetch_max(latest, Ordering::Relaxed);
+    let counting = stream
+        .inspect(move |batch| {
+            if let Ok(batch) = batch {
+                counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                if let Some((column, max)) = &event_time
+                    && let Ok(nanos) = crate::operator::aggregate::to_nanos(batch.column(*column))
+                    && let Some(latest) = datafusion::arrow::compute::max(&nanos)
+                {
+                    max.fetch_max(latest, Ordering::Relaxed);
+                }
             }
-        }
-    });
+        })
+        .flat_map(|batch| {
+            let slices: Vec<_> = match batch {
+                Ok(batch) if batch.num_rows() > ROWS_PER_RECORD_BATCH => (0..batch.num_rows())
+                    .step_by(ROWS_PER_RECORD_BATCH)
+                    .map(|at| Ok(batch.slice(at, ROWS_PER_RECORD_BATCH.min(batch.num_rows() - at))))
+                    .collect(),
+                other => vec![other],
+            };
+            futures::stream::iter(slices)
+        });
     Box::pin(RecordBatchStreamAdapter::new(schema, counting))
 }
 

@@ -121,3 +121,33 @@ async fn available_now_ends_with_a_batch_that_closes_the_last_windows() {
         ["2026-01-01T10:00:00|2"]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_stream_stops_holding_the_watermark_back() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE a (t TIMESTAMP, WATERMARK FOR t AS t) WITH (connector = 'memory', idle_timeout = '1 minute');
+         CREATE TABLE b (t TIMESTAMP, WATERMARK FOR t AS t) WITH (connector = 'memory', idle_timeout = '1 minute');
+         CREATE TABLE out WITH (connector = 'memory', output_mode = 'append');
+         INSERT INTO out SELECT w['start'] AS start, count(*) AS n
+         FROM (SELECT window(t, '1 hour') AS w FROM (SELECT t FROM a UNION ALL SELECT t FROM b)) GROUP BY w",
+    )
+    .await;
+    push_json(&session, "b", &[r#"{"t": "2026-01-01T10:00:00"}"#]);
+    query.process_all_available().await.unwrap();
+    push_json(&session, "a", &[r#"{"t": "2026-01-01T12:30:00"}"#]);
+    query.process_all_available().await.unwrap();
+    // The watermark is the minimum over both streams: b still holds it at 10:00.
+    assert!(query_rows(&session, "SELECT * FROM out").await.is_empty());
+
+    tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+    push_json(&session, "a", &[r#"{"t": "2026-01-01T12:40:00"}"#]);
+    query.process_all_available().await.unwrap();
+    // b has been idle for over a minute: the watermark follows a alone and closes 10:00-11:00.
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM out").await,
+        ["2026-01-01T10:00:00|1"]
+    );
+    query.stop().await.unwrap();
+}
