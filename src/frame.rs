@@ -35,6 +35,13 @@ pub fn window(time: Expr, width: &str) -> Expr {
     udf.call(vec![time, datafusion::logical_expr::lit(width)])
 }
 
+/// The session of `time` with this gap (e.g. `"30 minutes"`), as in SQL's
+/// `session_window(time, '30 minutes')`: a struct `{start, end}` to group by on a stream.
+pub fn session_window(time: Expr, gap: &str) -> Expr {
+    let udf = datafusion::logical_expr::ScalarUDF::new_from_impl(crate::sql::window::SessionWindow::new());
+    udf.call(vec![time, datafusion::logical_expr::lit(gap)])
+}
+
 /// Describes a stream to read: `session.read_stream().format("json").schema(s).load("dir")`.
 #[derive(Debug)]
 pub struct DataStreamReader {

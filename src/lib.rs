@@ -72,7 +72,7 @@ pub(crate) mod state;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};
-pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame, window};
+pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame, session_window, window};
 pub use query::{
     SinkProgress, SourceProgress, StateOperatorProgress, StreamingQuery, StreamingQueryProgress, StreamingQueryStatus,
     Trigger,

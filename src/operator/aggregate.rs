@@ -19,7 +19,7 @@ use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::{OperatorMetrics, StatefulOperator};
+use super::{OperatorMetrics, StatefulOperator, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::GroupTable;
@@ -80,24 +80,7 @@ impl StatefulAggregate {
     fn emit(&self, table: &GroupTable, slots: &[usize]) -> Result<RecordBatch> {
         let mut columns = table.keys_of(slots)?;
         columns.extend(self.aggregates.evaluate(&table.states_of(slots)?)?);
-        // Values come out in the accumulators' types; the plan's output types are the contract.
-        let columns = columns
-            .into_iter()
-            .zip(self.output_schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(|e| Error::Internal(format!("aggregate value {}: {e}", f.name())))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        RecordBatch::try_new_with_options(
-            self.output_schema.clone(),
-            columns,
-            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(slots.len())),
-        )
-        .map_err(|e| Error::Internal(format!("aggregate output: {e}")))
+        output_batch(&self.output_schema, columns, slots.len())
     }
 }
 

@@ -10,9 +10,10 @@ pub(crate) mod session;
 pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
 pub(crate) use session::SessionAggregate;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 
 /// A stateful operator: merges a batch's input into its state and says what to emit.
@@ -40,4 +41,27 @@ pub(crate) struct OperatorMetrics {
     pub(crate) memory_bytes: u64,
     pub(crate) dropped_by_watermark: u64,
     pub(crate) null_event_time: u64,
+}
+
+/// An operator's output rows: `columns` (keys, then values) in the types of `schema`. Values come
+/// out of accumulators in their own types; the plan's output types are the contract.
+pub(crate) fn output_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usize) -> Result<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                datafusion::arrow::compute::cast(&c, f.data_type())
+                    .map_err(|e| Error::Internal(format!("operator output {}: {e}", f.name())))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| Error::Internal(format!("operator output: {e}")))
 }

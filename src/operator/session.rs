@@ -21,7 +21,7 @@ use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::aggregate::to_nanos;
-use super::{OperatorMetrics, StatefulOperator};
+use super::{OperatorMetrics, StatefulOperator, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::groups::{Aggregates, gather};
@@ -127,19 +127,7 @@ impl SessionAggregate {
             self.aggregates
                 .evaluate(&gather(&self.states, &at, &self.state_schema)?)?,
         );
-        let columns = keys
-            .into_iter()
-            .zip(self.output_schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    cast(&c, f.data_type()).map_err(internal)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(picked.len()));
-        RecordBatch::try_new_with_options(self.output_schema.clone(), columns, &options).map_err(internal)
+        output_batch(&self.output_schema, keys, picked.len())
     }
 
     fn compact(&mut self) -> Result<()> {

@@ -11,7 +11,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
 
-use super::{Offset, ReadLimit, Source, project_schema};
+use super::{Offset, ReadLimit, Source, count, project_schema};
 use crate::error::{Error, Result};
 
 /// A source fed from code: every [`MemoryStream::add_batch`] becomes visible to the next trigger.
@@ -88,16 +88,6 @@ impl MemoryStream {
     }
 }
 
-fn position(offset: Option<&Offset>) -> Result<usize> {
-    match offset {
-        None => Ok(0),
-        Some(o) => o
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::Internal(format!("memory stream offset {o} is not a count"))),
-    }
-}
-
 #[async_trait]
 impl Source for MemoryStream {
     fn schema(&self) -> SchemaRef {
@@ -114,10 +104,10 @@ impl Source for MemoryStream {
             return Ok(start.cloned());
         }
         let end = match &limit {
-            ReadLimit::UpTo(cap) => available.min(position(Some(cap))?),
+            ReadLimit::UpTo(cap) => available.min(count(Some(cap), "memory stream")?),
             ReadLimit::Default | ReadLimit::All => available,
         };
-        Ok(Some(Offset::from_u64(end.max(position(start)?) as u64)))
+        Ok(Some(Offset::from_u64(end.max(count(start, "memory stream")?) as u64)))
     }
 
     async fn read(
@@ -126,7 +116,7 @@ impl Source for MemoryStream {
         end: &Offset,
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream> {
-        let (from, to) = (position(start)?, position(Some(end))?);
+        let (from, to) = (count(start, "memory stream")?, count(Some(end), "memory stream")?);
         let batches = self.lock();
         let slice = batches
             .get(from..to)

@@ -102,6 +102,18 @@ pub trait Source: Send + Sync + Debug {
     }
 }
 
+/// The count held by a count offset, 0 for "from the beginning" (`None`), for the sources whose
+/// offsets are counts (files, memory, rate).
+pub(crate) fn count(offset: Option<&Offset>, source: &str) -> Result<usize> {
+    match offset {
+        None => Ok(0),
+        Some(o) => o
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| crate::error::Error::Internal(format!("{source} offset {o} is not a count"))),
+    }
+}
+
 /// Projects `schema` to `projection`, the way every source applies a read's projection.
 pub(crate) fn project_schema(schema: &SchemaRef, projection: Option<&[usize]>) -> Result<SchemaRef> {
     Ok(match projection {

@@ -13,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
 
-use super::{Offset, ReadLimit, Source, project_schema};
+use super::{Offset, ReadLimit, Source, count, project_schema};
 use crate::error::{Error, Result};
 
 /// Rows generated per output record batch.
@@ -68,15 +68,6 @@ impl RateSource {
     }
 }
 
-fn count(offset: Option<&Offset>) -> Result<u64> {
-    match offset {
-        None => Ok(0),
-        Some(o) => o
-            .as_u64()
-            .ok_or_else(|| Error::Internal(format!("rate source offset {o} is not a count"))),
-    }
-}
-
 #[async_trait]
 impl Source for RateSource {
     fn schema(&self) -> SchemaRef {
@@ -90,9 +81,9 @@ impl Source for RateSource {
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
         let mut due = self.rows_due();
         if let ReadLimit::UpTo(cap) = &limit {
-            due = due.min(count(Some(cap))?);
+            due = due.min(count(Some(cap), "rate source")? as u64);
         }
-        Ok(Some(Offset::from_u64(due.max(count(start)?))))
+        Ok(Some(Offset::from_u64(due.max(count(start, "rate source")? as u64))))
     }
 
     async fn read(
@@ -101,7 +92,10 @@ impl Source for RateSource {
         end: &Offset,
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream> {
-        let (from, to) = (count(start)?, count(Some(end))?);
+        let (from, to) = (
+            count(start, "rate source")? as u64,
+            count(Some(end), "rate source")? as u64,
+        );
         let mut batches = Vec::new();
         let mut at = from;
         while at < to {

@@ -98,6 +98,19 @@ pub(crate) fn window_spec(args: &[Option<&ScalarValue>]) -> DfResult<WindowSpec>
     Ok(WindowSpec { width, slide, offset })
 }
 
+/// The window sizes of a call being executed (its constant arguments).
+fn spec_of_call(args: &ScalarFunctionArgs) -> DfResult<WindowSpec> {
+    let constants: Vec<Option<&ScalarValue>> = args
+        .args
+        .iter()
+        .map(|a| match a {
+            ColumnarValue::Scalar(s) => Some(s),
+            ColumnarValue::Array(_) => None,
+        })
+        .collect();
+    window_spec(&constants)
+}
+
 pub(crate) fn nanos_per(unit: &TimeUnit) -> i64 {
     match unit {
         TimeUnit::Second => 1_000_000_000,
@@ -151,16 +164,7 @@ impl ScalarUDFImpl for TimeWindow {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let constants: Vec<Option<ScalarValue>> = args
-            .args
-            .iter()
-            .map(|a| match a {
-                ColumnarValue::Scalar(s) => Some(s.clone()),
-                ColumnarValue::Array(_) => None,
-            })
-            .collect();
-        let refs: Vec<Option<&ScalarValue>> = constants.iter().map(Option::as_ref).collect();
-        let spec = window_spec(&refs)?;
+        let spec = spec_of_call(&args)?;
         if spec.slide != spec.width {
             return exec_err!(
                 "window() with a slide shorter than its width puts a row in several windows, so it can only be \
@@ -240,16 +244,7 @@ impl ScalarUDFImpl for WindowList {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
         use datafusion::arrow::array::{ListArray, StructArray};
         use datafusion::arrow::buffer::OffsetBuffer;
-        let constants: Vec<Option<ScalarValue>> = args
-            .args
-            .iter()
-            .map(|a| match a {
-                ColumnarValue::Scalar(s) => Some(s.clone()),
-                ColumnarValue::Array(_) => None,
-            })
-            .collect();
-        let refs: Vec<Option<&ScalarValue>> = constants.iter().map(Option::as_ref).collect();
-        let spec = window_spec(&refs)?;
+        let spec = spec_of_call(&args)?;
         let times = args.args[0].to_array(args.number_rows)?;
         let time_type = times.data_type().clone();
         let DataType::Timestamp(unit, _) = &time_type else {

@@ -28,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 pub(crate) use decode::CORRUPT_RECORD_COLUMN;
 use decode::{DecodePlan, Decoded};
 
-use super::{Offset, ReadLimit, Source, project_schema};
+use super::{Offset, ReadLimit, Source, count, project_schema};
 use crate::error::{Error, Result};
 
 /// The format of the files in a watched directory.
@@ -226,16 +226,6 @@ fn describe_columns(schema: &SchemaRef) -> String {
     format!("({})", columns.join(", "))
 }
 
-fn position(offset: Option<&Offset>) -> Result<usize> {
-    match offset {
-        None => Ok(0),
-        Some(o) => o
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::Internal(format!("files source offset {o} is not a count"))),
-    }
-}
-
 #[async_trait]
 impl Source for FilesSource {
     fn schema(&self) -> SchemaRef {
@@ -247,9 +237,9 @@ impl Source for FilesSource {
     }
 
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
-        let start = position(start)?;
+        let start = count(start, "files source")?;
         let cap = match &limit {
-            ReadLimit::UpTo(cap) => Some(position(Some(cap))?),
+            ReadLimit::UpTo(cap) => Some(count(Some(cap), "files source")?),
             ReadLimit::Default | ReadLimit::All => None,
         };
         // Under a cap the log already holds every file up to it: no need to list again.
@@ -275,7 +265,7 @@ impl Source for FilesSource {
         end: &Offset,
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream> {
-        let (from, to) = (position(start)?, position(Some(end))?);
+        let (from, to) = (count(start, "files source")?, count(Some(end), "files source")?);
         let files = self
             .lock()
             .files
