@@ -40,7 +40,13 @@ const SOURCE_CONNECTORS: &[Connector] = &[
 const SINK_CONNECTORS: &[Connector] = &[("console", &["num_rows", "truncate"]), ("memory", &[])];
 
 /// Options of the streaming query that writes to a sink, valid for every sink.
-const QUERY_OPTIONS: &[&str] = &["output_mode", "trigger", "checkpoint_location", "query_name"];
+const QUERY_OPTIONS: &[&str] = &[
+    "output_mode",
+    "trigger",
+    "checkpoint_location",
+    "query_name",
+    "state_partitions",
+];
 
 /// Option names are case-insensitive; values are kept as written.
 #[derive(Debug, Clone, Default)]
@@ -277,6 +283,8 @@ pub(crate) struct QueryOptions {
     pub(crate) trigger: Trigger,
     pub(crate) checkpoint_location: Option<String>,
     pub(crate) query_name: Option<String>,
+    /// Shards of a stateful query's state (`None`: one per core).
+    pub(crate) state_partitions: Option<usize>,
 }
 
 /// Reads a sink's options.
@@ -313,6 +321,7 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             trigger,
             checkpoint_location: options.get("checkpoint_location").map(str::to_string),
             query_name: options.get("query_name").map(str::to_string),
+            state_partitions: options.positive("state_partitions")?,
         },
     })
 }

@@ -443,6 +443,9 @@ impl StreamingSession {
             sink,
             output_mode: options.output_mode,
             trigger: options.trigger,
+            state_partitions: options
+                .state_partitions
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             state,
         };
         tokio::spawn(driver.run());

@@ -6,9 +6,11 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod session;
+pub(crate) mod shards;
 
 pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
 pub(crate) use session::SessionAggregate;
+pub(crate) use shards::Sharded;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -41,6 +43,18 @@ pub(crate) struct OperatorMetrics {
     pub(crate) memory_bytes: u64,
     pub(crate) dropped_by_watermark: u64,
     pub(crate) null_event_time: u64,
+}
+
+impl OperatorMetrics {
+    /// Adds another shard's numbers.
+    pub(crate) fn add(&mut self, other: &OperatorMetrics) {
+        self.rows_total += other.rows_total;
+        self.rows_updated += other.rows_updated;
+        self.rows_removed += other.rows_removed;
+        self.memory_bytes += other.memory_bytes;
+        self.dropped_by_watermark += other.dropped_by_watermark;
+        self.null_event_time += other.null_event_time;
+    }
 }
 
 /// An operator's output rows: `columns` (keys, then values) in the types of `schema`. Values come

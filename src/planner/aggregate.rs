@@ -27,7 +27,7 @@ use datafusion::physical_plan::memory::MemoryStream;
 use super::scan::{OperatorOutputTable, StreamTable};
 use super::{bind_inputs, check_stateless, contains_stream, scanned_table};
 use crate::error::{Error, Result};
-use crate::operator::{EventTimeKey, SessionAggregate, StatefulAggregate, StatefulOperator};
+use crate::operator::{EventTimeKey, SessionAggregate, Sharded, StatefulAggregate, StatefulOperator};
 use crate::sink::OutputMode;
 use crate::sql::window::SessionPiece;
 
@@ -51,30 +51,41 @@ pub(crate) struct AggregatePlan {
 
 impl AggregatePlan {
     /// A fresh operator; `partial` is the batch plan (a partial `AggregateExec`).
-    pub(crate) fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>) -> Result<Box<dyn StatefulOperator>> {
+    pub(crate) fn new_operator(
+        &self,
+        partial: &Arc<dyn ExecutionPlan>,
+        shards: usize,
+    ) -> Result<Box<dyn StatefulOperator>> {
         let exec = partial
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Internal("the batch plan of an aggregation is not an AggregateExec".into()))?;
         let mut exprs = exec.aggr_expr().to_vec();
         exprs.pop(); // the hidden row count
         let schema = partial.schema();
-        let output = self.output_schema.clone();
-        Ok(match self.session {
-            Some(column) => Box::new(SessionAggregate::try_new(
-                exprs,
-                &schema,
-                self.key_count,
-                column,
-                output,
-            )?),
-            None => Box::new(StatefulAggregate::try_new(
-                exprs,
-                &schema,
-                self.key_count,
-                output,
-                self.event_time,
-            )?),
-        })
+        let output = &self.output_schema;
+        let operators = (0..shards.max(1))
+            .map(|_| -> Result<Box<dyn StatefulOperator>> {
+                Ok(match self.session {
+                    Some(column) => Box::new(SessionAggregate::try_new(
+                        exprs.clone(),
+                        &schema,
+                        self.key_count,
+                        column,
+                        output.clone(),
+                    )?),
+                    None => Box::new(StatefulAggregate::try_new(
+                        exprs.clone(),
+                        &schema,
+                        self.key_count,
+                        output.clone(),
+                        self.event_time,
+                    )?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Sessions of one key must meet in one shard: the session column does not pick it.
+        let key_columns = (0..self.key_count).filter(|i| Some(*i) != self.session).collect();
+        Ok(Box::new(Sharded::new(operators, key_columns)))
     }
 
     /// The schema of the query's final output.

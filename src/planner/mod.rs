@@ -133,10 +133,10 @@ impl IncrementalPlan {
     }
 
     /// A fresh operator for the query's aggregation.
-    pub(crate) fn new_operator(&self) -> Result<Option<Box<dyn StatefulOperator>>> {
+    pub(crate) fn new_operator(&self, shards: usize) -> Result<Option<Box<dyn StatefulOperator>>> {
         self.aggregate
             .as_ref()
-            .map(|a| a.new_operator(&self.batch.physical))
+            .map(|a| a.new_operator(&self.batch.physical, shards))
             .transpose()
     }
 

@@ -37,6 +37,8 @@ pub(crate) struct Driver {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) output_mode: OutputMode,
     pub(crate) trigger: Trigger,
+    /// Shards of the stateful operator's state.
+    pub(crate) state_partitions: usize,
     pub(crate) state: SessionState,
 }
 
@@ -132,7 +134,7 @@ impl Driver {
             }
             scan_cursor.push(index);
         }
-        let mut operator = self.plan.new_operator()?;
+        let mut operator = self.plan.new_operator(self.state_partitions)?;
         let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
         let mut watermarks = Watermarks::default();
         if self.trigger == Trigger::AvailableNow {

@@ -92,8 +92,8 @@ proptest! {
             let session = StreamingSession::new();
             session.run_script(
                 "CREATE TABLE events (k INT, time TIMESTAMP, v INT) WITH (connector = 'memory');
-                 CREATE TABLE complete_out WITH (connector = 'memory', output_mode = 'complete');
-                 CREATE TABLE update_out WITH (connector = 'memory', output_mode = 'update');",
+                 CREATE TABLE complete_out WITH (connector = 'memory', output_mode = 'complete', state_partitions = '3');
+                 CREATE TABLE update_out WITH (connector = 'memory', output_mode = 'update', state_partitions = '1');",
             ).await.unwrap();
             let complete = start(&session, &format!("INSERT INTO complete_out {}", RUNNING.replace("{}", "events"))).await;
             session.run_script("CREATE TABLE sliding_out WITH (connector = 'memory', output_mode = 'complete')").await.unwrap();
