@@ -6,8 +6,6 @@
 //! number of cores); the checkpoint issue fixes it for the life of a checkpoint, since moving to
 //! another count would need the state re-sharded.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -15,6 +13,13 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use super::{OperatorMetrics, StatefulOperator};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+
+/// Below this many input rows a batch's shards are processed one after the other. Starting a
+/// thread costs tens of microseconds; merging a few thousand groups costs about as much.
+const PARALLEL_MIN_ROWS: usize = 4096;
+
+/// What one shard's batch gave.
+type ShardResult = Result<(RecordBatch, OperatorMetrics)>;
 
 /// An operator split into shards by key hash.
 #[derive(Debug)]
@@ -64,35 +69,41 @@ impl StatefulOperator for Sharded {
                 per_shard[shard].push(rows);
             }
         }
-        // One thread per core at most; each takes the next shard until none are left.
-        let next = AtomicUsize::new(0);
-        let threads = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(self.shards.len());
-        let shards: Vec<std::sync::Mutex<&mut Box<dyn StatefulOperator>>> =
-            self.shards.iter_mut().map(std::sync::Mutex::new).collect();
-        let results: Vec<std::sync::Mutex<Option<Result<(RecordBatch, OperatorMetrics)>>>> =
-            (0..shards.len()).map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|scope| {
-            for _ in 0..threads {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(shard) = shards.get(i) else { break };
-                        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-                        let result = shard.process(&per_shard[i], mode, late_watermark, close_watermark);
-                        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                    }
-                });
-            }
+        // At most one thread per core, each with an equal share of the shards; small batches stay
+        // on this thread, where they cost less than starting threads would.
+        let rows: usize = per_shard.iter().flatten().map(|b| b.num_rows()).sum();
+        let threads = match rows < PARALLEL_MIN_ROWS {
+            true => 1,
+            false => std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(self.shards.len()),
+        };
+        let mut work: Vec<_> = self.shards.iter_mut().zip(per_shard).collect();
+        let share = work.len().div_ceil(threads);
+        let results: Vec<ShardResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(share)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        chunk
+                            .iter_mut()
+                            .map(|(shard, input)| shard.process(input, mode, late_watermark, close_watermark))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err(Error::Internal("a state shard panicked".into()))])
+                })
+                .collect()
         });
         let mut outputs = Vec::with_capacity(results.len());
         let mut metrics = OperatorMetrics::default();
         for result in results {
-            let (output, m) = result
-                .into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .ok_or_else(|| Error::Internal("a state shard did not run".into()))??;
+            let (output, m) = result?;
             outputs.push(output);
             metrics.add(&m);
         }

@@ -151,3 +151,32 @@ async fn an_idle_stream_stops_holding_the_watermark_back() {
     );
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn large_batches_are_merged_by_shards_in_parallel_with_the_same_result() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE nums (n BIGINT) WITH (connector = 'memory');
+         CREATE TABLE counts WITH (connector = 'memory', output_mode = 'complete', state_partitions = '4');
+         INSERT INTO counts SELECT n % 5000 AS k, count(*) AS c, sum(n) AS s FROM nums GROUP BY n % 5000",
+    )
+    .await;
+    for round in 0..3 {
+        session
+            .sql(&format!(
+                "INSERT INTO nums SELECT value + {} FROM generate_series(1, 20000)",
+                round * 20000
+            ))
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        query.process_all_available().await.unwrap();
+    }
+    let streamed = query_rows(&session, "SELECT count(*), sum(c), sum(s) FROM counts").await;
+    assert_eq!(streamed, ["5000|60000|1800030000"]);
+    assert_eq!(query.last_progress().unwrap().state_operators[0].num_rows_total, 5000);
+    query.stop().await.unwrap();
+}
