@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast;
 use crate::connector::{self, Options, SinkDefinition, SinkKind};
 use crate::error::{Error, Result};
 use crate::frame::{DataStreamReader, StreamingDataFrame};
-use crate::planner::{IncrementalPlan, StreamTable, contains_stream, scanned_stream};
+use crate::planner::{IncrementalPlan, StreamTable, contains_stream, first_stream};
 use crate::query::driver::Driver;
 use crate::query::{QueryShared, StreamingQuery};
 use crate::sink::{MemorySink, Sink};
@@ -226,14 +226,7 @@ impl StreamingSession {
             }
             Parsed::Insert { statement, .. } | Parsed::Other(statement) => {
                 let plan = self.plan_statement(statement).await?;
-                if contains_stream(&plan) {
-                    let mut stream = String::new();
-                    let _ = datafusion::common::tree_node::TreeNode::apply(&plan, |node| {
-                        if let Some(name) = scanned_stream(node) {
-                            stream = name;
-                        }
-                        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-                    });
+                if let Some(stream) = first_stream(&plan) {
                     return Err(Error::plan(format!(
                         "'{stream}' is a stream: a query over it runs as a streaming query, started with \
                          INSERT INTO <sink> SELECT ... (a sink is a table created WITH (connector = 'console' | 'memory'))"

@@ -281,19 +281,24 @@ pub(crate) fn scanned_stream(node: &LogicalPlan) -> Option<String> {
     scanned_table(node).and_then(|p| p.downcast_ref::<StreamTable>().map(|t| t.name.clone()))
 }
 
-/// True when the plan reads a stream anywhere.
-pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
-    let mut found = false;
+/// The first stream the plan reads, if it reads any (subqueries included).
+pub(crate) fn first_stream(plan: &LogicalPlan) -> Option<String> {
+    let mut found = None;
     // The closure never fails, so neither does the walk.
     let _ = plan.apply_with_subqueries(|node| {
-        found = scanned_stream(node).is_some();
-        Ok(if found {
+        found = scanned_stream(node);
+        Ok(if found.is_some() {
             TreeNodeRecursion::Stop
         } else {
             TreeNodeRecursion::Continue
         })
     });
     found
+}
+
+/// True when the plan reads a stream anywhere.
+pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
+    first_stream(plan).is_some()
 }
 
 /// Refuses operations that need state across batches and that no operator handles.
