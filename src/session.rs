@@ -106,6 +106,7 @@ impl StreamingSession {
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::WindowList::new()));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::SessionWindow::new()));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sliding::SlidingWindows));
+        ctx.add_analyzer_rule(Arc::new(crate::sql::sessions::StaticSessionWindows));
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");
         }

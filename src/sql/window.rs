@@ -51,7 +51,7 @@ pub(crate) fn window_type(time: &DataType) -> DataType {
 }
 
 /// A duration argument in nanoseconds: a string such as `'1 hour'` or an interval.
-fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
+pub(crate) fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
     let nanos = match value {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
             match crate::connector::parse_duration(s) {
@@ -299,7 +299,8 @@ impl ScalarUDFImpl for WindowList {
 ///
 /// Sessions depend on the rows around each row, so no scalar function can compute them: a
 /// streaming aggregation replaces this call by [`SessionPiece`] and merges the pieces into
-/// sessions (see `operator::session`). Anywhere else the call is refused when it runs.
+/// sessions (see `operator::session`); an aggregation over static tables is rewritten by
+/// [`super::sessions`]. Anywhere else (outside a GROUP BY) the call is refused when it runs.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SessionWindow {
     signature: Signature,
@@ -366,10 +367,7 @@ impl ScalarUDFImpl for SessionWindow {
     }
 
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        exec_err!(
-            "session_window() is computed by a streaming aggregation (GROUP BY ..., session_window(time, gap) \
-             over a stream); it is not available on static tables yet"
-        )
+        exec_err!("session_window() can only be a GROUP BY key: GROUP BY ..., session_window(time, gap)")
     }
 }
 

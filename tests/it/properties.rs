@@ -75,6 +75,8 @@ fn sorted(mut rows: Vec<String>) -> Vec<String> {
 
 const SLIDING: &str = "SELECT k, window(time, '1 hour', '20 minutes') AS w, count(*) AS n, max(v) AS high FROM {} \
                        GROUP BY k, window(time, '1 hour', '20 minutes')";
+const SESSIONS: &str = "SELECT k, session_window(time, '45 minutes') AS s, count(*) AS n, sum(v) AS total FROM {} \
+                        GROUP BY k, session_window(time, '45 minutes')";
 const RUNNING: &str = "SELECT k, count(*) AS n, sum(v) AS total, min(v) AS low, max(v) AS high, avg(v) AS mean, \
                        count(DISTINCT v) AS distinct_values FROM {} GROUP BY k";
 const WINDOWED: &str = "SELECT k, window(time, '1 hour') AS w, count(*) AS n, sum(v) AS total FROM {} \
@@ -83,8 +85,8 @@ const WINDOWED: &str = "SELECT k, window(time, '1 hour') AS w, count(*) AS n, su
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Complete and update mode of a running aggregate, and sliding windows in complete mode, end
-    /// with the batch query's table.
+    /// Complete and update mode of a running aggregate, and sliding and session windows in
+    /// complete mode, end with the batch query's table.
     #[test]
     fn running_aggregates_equal_the_batch_result((rows, cuts) in rows_and_cuts()) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -98,8 +100,11 @@ proptest! {
             let complete = start(&session, &format!("INSERT INTO complete_out {}", RUNNING.replace("{}", "events"))).await;
             session.run_script("CREATE TABLE sliding_out WITH (connector = 'memory', output_mode = 'complete')").await.unwrap();
             let sliding = start(&session, &format!("INSERT INTO sliding_out {}", SLIDING.replace("{}", "events"))).await;
+            session.run_script("CREATE TABLE sessions_out WITH (connector = 'memory', output_mode = 'complete')").await.unwrap();
+            let sessions = start(&session, &format!("INSERT INTO sessions_out {}", SESSIONS.replace("{}", "events"))).await;
             let update = start(&session, &format!("INSERT INTO update_out {}", RUNNING.replace("{}", "events"))).await;
-            run_batches(&session, &[complete.clone(), update.clone(), sliding.clone()], &cut(&rows, &cuts)).await;
+            let queries = [complete.clone(), update.clone(), sliding.clone(), sessions.clone()];
+            run_batches(&session, &queries, &cut(&rows, &cuts)).await;
 
             session.context().register_batch("all_rows", batch(&rows)).unwrap();
             let expected = sorted(query_rows(&session, &RUNNING.replace("{}", "all_rows")).await);
@@ -107,6 +112,10 @@ proptest! {
             assert_eq!(
                 sorted(query_rows(&session, "SELECT * FROM sliding_out").await),
                 sorted(query_rows(&session, &SLIDING.replace("{}", "all_rows")).await)
+            );
+            assert_eq!(
+                sorted(query_rows(&session, "SELECT * FROM sessions_out").await),
+                sorted(query_rows(&session, &SESSIONS.replace("{}", "all_rows")).await)
             );
             // Update mode: applying every emitted row as an upsert on k, in order, gives the table.
             let mut upserted: BTreeMap<String, String> = BTreeMap::new();
@@ -117,6 +126,7 @@ proptest! {
             assert_eq!(sorted(upserted.into_values().collect()), expected);
             complete.stop().await.unwrap();
             sliding.stop().await.unwrap();
+            sessions.stop().await.unwrap();
             update.stop().await.unwrap();
         });
     }
