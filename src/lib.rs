@@ -5,9 +5,10 @@
 //! result is kept up to date batch by batch, as in Apache Spark Structured Streaming.
 //!
 //! ```text
-//! source ──offsets──▶ driver loop ──batch N──▶ bound batch plan ──▶ sink.add_batch(N)
-//!    ▲                    │                    (DataFusion)              │
-//!    └──── read(start, end) ◀──────── offsets committed after the sink ◀─┘
+//! source ──offsets──▶ driver loop ──batch N──▶ batch plan ──▶ stateful operator ──▶ post plan ──▶ sink.add_batch(N)
+//!    ▲                    │              (DataFusion,    (merges partial       (DataFusion)          │
+//!    │                    │               partial agg.)   states; watermarks)                        │
+//!    └── read(start, end) ◀───────────────── offsets committed after the sink ◀──────────────────────┘
 //! ```
 //!
 //! # Examples
@@ -46,16 +47,22 @@
 //! # Layout
 //! - [`session`](StreamingSession): the entry point; a DataFusion context plus streams, sinks and
 //!   queries. Composes everything below.
-//! - `sql`: splitting scripts, `CREATE TABLE ... WITH`, the `WATERMARK` clause. Uses `connector`.
+//! - `sql`: splitting scripts, `CREATE TABLE ... WITH`, the `WATERMARK` clause, the window
+//!   functions and the analyzer rules that expand sliding windows and compute session windows on
+//!   static tables. Uses `connector`, `planner` (to tell streams from static tables).
 //! - `connector`: sources and sinks from their string options; the one place that knows option
 //!   names. Uses `source`, `sink`.
 //! - `frame`: the DataFrame API (`read_stream`, `write_stream`). Uses `session`, `connector`.
-//! - `planner`: incrementalization: which queries can run on streams, and the plan bound to each
-//!   batch's rows. No I/O. Uses `source` (for scans).
+//! - `planner`: incrementalization: which queries can run on streams, the cut into batch plan,
+//!   stateful operator and post plan, and the binding of each batch's rows. No I/O, no tasks.
+//!   Uses `operator`, `source` (for scans).
+//! - `operator`: stateful operators (aggregation, session windows, state shards). Uses `state`.
+//! - `state`: state kept between batches, as Arrow arrays (group tables). Depends on `error` only.
 //! - `source`: the [`Source`] trait and the files, memory and rate sources. Depends on `error` only.
 //! - `sink`: the [`Sink`] trait and the console and memory sinks. Depends on `error` only.
 //! - `query`: the only module with tasks and time: the micro-batch loop, the
-//!   [`StreamingQuery`] handle, progress. Uses `planner`, `source`, `sink`.
+//!   [`StreamingQuery`] handle, triggers, watermarks, progress. Uses `planner`, `operator`,
+//!   `source`, `sink`.
 //! - `error`: the one error type.
 
 pub(crate) mod connector;

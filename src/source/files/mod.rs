@@ -76,7 +76,8 @@ pub struct FilesSourceConfig {
     pub mode: MalformedMode,
 }
 
-/// Watches a directory and reads each new file once. See the [module docs](self).
+/// Watches a directory and reads each new file once, oldest first; files must appear atomically
+/// (names starting with `.` or `_`, or ending in `.tmp` or `._COPYING_`, are ignored).
 #[derive(Debug)]
 pub struct FilesSource {
     config: FilesSourceConfig,
