@@ -2,8 +2,8 @@
 //! upper-cased, batch by batch.
 //!
 //! ```sh
-//! cargo run --example 01_uppercase_lines -- /tmp/datastreams            # runs until Ctrl-C
-//! cargo run --example 01_uppercase_lines -- /tmp/datastreams --available-now
+//! cargo run --example 01_uppercase_lines -- data/lines                 # runs until Ctrl-C
+//! cargo run --example 01_uppercase_lines -- data/lines --available-now
 //! ```
 //! Then move text files into the directory (write them elsewhere first, then `mv` them in): each
 //! new file's lines appear upper-cased under a `Batch: N` header.
