@@ -429,7 +429,15 @@ impl StreamingSession {
                     .ok_or_else(|| Error::Internal("console sink".into()))?,
             ),
         };
-        let shared = Arc::new(QueryShared::new(uuid::Uuid::new_v4().to_string(), Some(name)));
+        let state_partitions = options
+            .state_partitions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let explained = incremental.explain(state_partitions);
+        let shared = Arc::new(QueryShared::new(
+            uuid::Uuid::new_v4().to_string(),
+            Some(name),
+            explained,
+        ));
         let query = StreamingQuery::new(shared.clone());
         let driver = Driver {
             shared,
@@ -437,9 +445,7 @@ impl StreamingSession {
             sink,
             output_mode: options.output_mode,
             trigger: options.trigger,
-            state_partitions: options
-                .state_partitions
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            state_partitions,
             state,
         };
         tokio::spawn(driver.run());

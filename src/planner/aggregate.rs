@@ -46,7 +46,7 @@ pub(crate) struct AggregatePlan {
     /// Position of the `session_window` key, for a session-window aggregation.
     session: Option<usize>,
     /// The post plan, over one stream scan without a source: the operator's output.
-    post: Arc<dyn ExecutionPlan>,
+    pub(super) post: Arc<dyn ExecutionPlan>,
 }
 
 impl AggregatePlan {
@@ -86,6 +86,25 @@ impl AggregatePlan {
         // Sessions of one key must meet in one shard: the session column does not pick it.
         let key_columns = (0..self.key_count).filter(|i| Some(*i) != self.session).collect();
         Ok(Box::new(Sharded::new(operators, key_columns)))
+    }
+
+    /// One line on the operator: its kind, keys and event time.
+    pub(crate) fn describe(&self) -> String {
+        let keys: Vec<&str> = self.output_schema.fields()[..self.key_count]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let kind = match self.session {
+            Some(_) => "SessionAggregate",
+            None => "StatefulAggregate",
+        };
+        let event_time = match self.event_time {
+            Some(EventTimeKey::Window(i)) | Some(EventTimeKey::Time(i)) => {
+                format!(", event time: {} (with watermark)", self.output_schema.field(i).name())
+            }
+            None => String::new(),
+        };
+        format!("{kind}: keys [{}]{event_time}", keys.join(", "))
     }
 
     /// The schema of the query's final output.

@@ -155,6 +155,24 @@ impl IncrementalPlan {
         bind_inputs(template, inputs)
     }
 
+    /// The plan as text: what runs over each batch, the stateful operator, and what runs after it.
+    pub(crate) fn explain(&self, state_partitions: usize) -> String {
+        let show = |plan: &Arc<dyn ExecutionPlan>| {
+            datafusion::physical_plan::displayable(plan.as_ref())
+                .indent(true)
+                .to_string()
+        };
+        let mut text = format!("== Batch plan ==\n{}", show(&self.batch.physical));
+        if let Some(aggregate) = &self.aggregate {
+            text.push_str(&format!(
+                "== Stateful operator ==\n{}, {state_partitions} state partitions\n== Post plan ==\n{}",
+                aggregate.describe(),
+                show(&aggregate.post)
+            ));
+        }
+        text
+    }
+
     /// The output schema of the whole query.
     pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
         match &self.aggregate {

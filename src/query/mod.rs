@@ -60,6 +60,8 @@ pub(crate) struct QueryShared {
     pub(crate) id: String,
     pub(crate) run_id: String,
     pub(crate) name: Option<String>,
+    /// The incremental plan, as text.
+    pub(crate) plan: String,
     pub(crate) status: Mutex<StreamingQueryStatus>,
     /// The newest [`RECENT_PROGRESS_KEPT`] progress reports, oldest first.
     pub(crate) progress: Mutex<VecDeque<StreamingQueryProgress>>,
@@ -81,9 +83,10 @@ pub(crate) enum Outcome {
 }
 
 impl QueryShared {
-    pub(crate) fn new(id: String, name: Option<String>) -> Self {
+    pub(crate) fn new(id: String, name: Option<String>, plan: String) -> Self {
         QueryShared {
             id,
+            plan,
             run_id: uuid::Uuid::new_v4().to_string(),
             name,
             status: Mutex::new(StreamingQueryStatus {
@@ -139,6 +142,12 @@ impl StreamingQuery {
     /// The name given with `query_name`, if any.
     pub fn name(&self) -> Option<&str> {
         self.shared.name.as_deref()
+    }
+
+    /// The incremental plan as text: the plan run over each batch's rows and, for an aggregation,
+    /// the stateful operator and the plan run over its output (like Spark's `explain()`).
+    pub fn explain(&self) -> &str {
+        &self.shared.plan
     }
 
     /// What the query is doing right now.

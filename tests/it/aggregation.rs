@@ -180,3 +180,25 @@ async fn large_batches_are_merged_by_shards_in_parallel_with_the_same_result() {
     assert_eq!(query.last_progress().unwrap().state_operators[0].num_rows_total, 5000);
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn explain_shows_the_batch_plan_the_operator_and_the_post_plan() {
+    let session = StreamingSession::new();
+    let query = hourly(&session, "complete").await;
+    let plan = query.explain();
+    assert!(
+        plan.contains("== Batch plan ==") && plan.contains("mode=Partial"),
+        "{plan}"
+    );
+    assert!(plan.contains("StreamScanExec: stream=events"), "{plan}");
+    assert!(
+        plan.contains("StatefulAggregate: keys [action, window(events.time"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("(with watermark)") && plan.contains("state partitions"),
+        "{plan}"
+    );
+    assert!(plan.contains("== Post plan =="), "{plan}");
+    query.stop().await.unwrap();
+}
