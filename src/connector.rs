@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::query::Trigger;
-use crate::sink::{ConsoleSink, OutputMode};
+use crate::sink::OutputMode;
 use crate::source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, RateSource, Source};
 
 /// A connector's name and the options it accepts.
@@ -324,17 +324,6 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             state_partitions: options.positive("state_partitions")?,
         },
     })
-}
-
-impl SinkDefinition {
-    /// The console sink, when this is one (the memory sink is made when its query starts, once
-    /// the output schema is known).
-    pub(crate) fn console(&self) -> Option<ConsoleSink> {
-        match self.kind {
-            SinkKind::Console { num_rows, truncate } => Some(ConsoleSink::new(num_rows, truncate)),
-            SinkKind::Memory => None,
-        }
-    }
 }
 
 /// Parses a trigger: `available_now`, `once`, or a processing-time interval such as `'2 seconds'`.

@@ -23,7 +23,7 @@ use crate::frame::{DataStreamReader, StreamingDataFrame};
 use crate::planner::{IncrementalPlan, StreamTable, contains_stream, first_stream};
 use crate::query::driver::Driver;
 use crate::query::{QueryShared, StreamingQuery};
-use crate::sink::{MemorySink, Sink};
+use crate::sink::{ConsoleSink, MemorySink, Sink};
 use crate::source::{MemoryStream, Source};
 use crate::sql::{Parsed, Watermark, split_script};
 
@@ -423,11 +423,7 @@ impl StreamingSession {
                 self.inner.ctx.register_table(name.as_str(), table.clone())?;
                 table
             }
-            SinkKind::Console { .. } => Arc::new(
-                definition
-                    .console()
-                    .ok_or_else(|| Error::Internal("console sink".into()))?,
-            ),
+            SinkKind::Console { num_rows, truncate } => Arc::new(ConsoleSink::new(*num_rows, *truncate)),
         };
         let state_partitions = options
             .state_partitions

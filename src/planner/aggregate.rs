@@ -47,6 +47,8 @@ pub(crate) struct AggregatePlan {
     session: Option<usize>,
     /// The post plan, over one stream scan without a source: the operator's output.
     pub(super) post: Arc<dyn ExecutionPlan>,
+    /// That scan's projection of the operator's output, and its (positional) schema.
+    post_input: (Option<Vec<usize>>, SchemaRef),
 }
 
 impl AggregatePlan {
@@ -114,17 +116,7 @@ impl AggregatePlan {
 
     /// The post plan bound to the operator's output of one batch.
     pub(crate) fn bind_post(&self, output: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut leaf = None;
-        let _ = self.post.apply(|node| {
-            if let Some(scan) = node.downcast_ref::<super::StreamScanExec>() {
-                leaf = Some((
-                    scan.projection.clone(),
-                    scan.properties().eq_properties.schema().clone(),
-                ));
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        let (projection, schema) = leaf.ok_or_else(|| Error::Internal("post plan without its input".into()))?;
+        let (projection, schema) = &self.post_input;
         let columns = match &projection {
             Some(p) => p.iter().map(|i| Arc::clone(output.column(*i))).collect(),
             None => output.columns().to_vec(),
@@ -132,7 +124,7 @@ impl AggregatePlan {
         let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(output.num_rows()));
         let input = RecordBatch::try_new_with_options(schema.clone(), columns, &options)
             .map_err(|e| Error::Internal(format!("aggregate output for the post plan: {e}")))?;
-        let stream = MemoryStream::try_new(vec![input], schema, None)?;
+        let stream = MemoryStream::try_new(vec![input], Arc::clone(schema), None)?;
         bind_inputs(Arc::clone(&self.post), vec![Box::pin(stream)])
     }
 
@@ -244,12 +236,24 @@ pub(crate) async fn split(
         post = node.with_new_exprs(node.expressions(), vec![post])?;
     }
     let post = state.create_physical_plan(&post).await?;
+    let mut post_input = None;
+    let _ = post.apply(|node| {
+        if let Some(scan) = node.downcast_ref::<super::StreamScanExec>() {
+            post_input = Some((
+                scan.projection.clone(),
+                scan.properties().eq_properties.schema().clone(),
+            ));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let post_input = post_input.ok_or_else(|| Error::Internal("post plan without its input".into()))?;
     let plan = AggregatePlan {
         key_count: aggregate.group_expr.len(),
         output_schema,
         event_time,
         session,
         post,
+        post_input,
     };
     Ok(Some((batch, plan)))
 }

@@ -101,15 +101,12 @@ impl IncrementalPlan {
                 (analyzed, None, false)
             }
         };
-        let mut batch = BatchPlan {
+        let batch = BatchPlan {
             reads_clock: reads_clock(&batch_logical),
-            physical: Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
-                datafusion::arrow::datatypes::Schema::empty(),
-            ))),
+            physical: plan_at(state, &batch_logical, partial, Utc::now()).await?,
             logical: batch_logical,
             partial,
         };
-        batch.physical = batch.plan_at(state, Utc::now()).await?;
         let scans = scans_of(&batch.physical);
         tracing::debug!(
             plan = %datafusion::physical_plan::displayable(batch.physical.as_ref()).indent(false),
@@ -149,7 +146,7 @@ impl IncrementalPlan {
         inputs: Vec<SendableRecordBatchStream>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let template = match self.batch.reads_clock {
-            true => self.batch.plan_at(state, batch_time).await?,
+            true => plan_at(state, &self.batch.logical, self.batch.partial, batch_time).await?,
             false => Arc::clone(&self.batch.physical),
         };
         bind_inputs(template, inputs)
@@ -182,28 +179,32 @@ impl IncrementalPlan {
     }
 }
 
-impl BatchPlan {
-    /// Plans physically with `now()` fixed at `time`.
-    async fn plan_at(&self, state: &SessionState, time: DateTime<Utc>) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut state = state.clone();
-        // Order does not matter to an aggregation: let DataFusion spread the batch over its
-        // partitions (stateless queries keep rows in source order instead).
-        if self.partial {
-            state
-                .config_mut()
-                .options_mut()
-                .optimizer
-                .enable_round_robin_repartition = true;
-        }
-        let config = Arc::clone(state.config_options());
-        let props = state.execution_props_mut();
-        props.mark_start_execution(config);
-        props.query_execution_start_time = Some(time);
-        let physical = state.create_physical_plan(&self.logical).await?;
-        match self.partial {
-            true => aggregate::partial_of(physical),
-            false => Ok(physical),
-        }
+/// Plans a batch plan physically with `now()` fixed at `time`; for an aggregation (`partial`),
+/// keeps only DataFusion's partial stage.
+async fn plan_at(
+    state: &SessionState,
+    logical: &LogicalPlan,
+    partial: bool,
+    time: DateTime<Utc>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut state = state.clone();
+    // Order does not matter to an aggregation: let DataFusion spread the batch over its
+    // partitions (stateless queries keep rows in source order instead).
+    if partial {
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .enable_round_robin_repartition = true;
+    }
+    let config = Arc::clone(state.config_options());
+    let props = state.execution_props_mut();
+    props.mark_start_execution(config);
+    props.query_execution_start_time = Some(time);
+    let physical = state.create_physical_plan(logical).await?;
+    match partial {
+        true => aggregate::partial_of(physical),
+        false => Ok(physical),
     }
 }
 
