@@ -15,15 +15,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::{OperatorMetrics, StatefulOperator, output_batch};
+use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch, take_rows};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
-use crate::state::GroupTable;
 use crate::state::groups::Aggregates;
+use crate::state::store::BUCKET_COLUMN;
+use crate::state::{GroupTable, StateFile};
 
 /// The bucket of groups that have no event-time key: never closed by a watermark.
 const NO_WINDOW: i64 = i64::MAX;
@@ -48,6 +49,12 @@ pub(crate) struct StatefulAggregate {
     event_time: Option<EventTimeKey>,
     /// Groups by window end in nanoseconds ([`NO_WINDOW`] without an event-time key).
     buckets: BTreeMap<i64, GroupTable>,
+    /// Slots changed since the last [`StatefulOperator::changes`], by bucket.
+    dirty: BTreeMap<i64, Vec<usize>>,
+    /// Buckets evicted since the last [`StatefulOperator::changes`].
+    removed: Vec<i64>,
+    /// The columns of a state file: the bucket, the keys, the states.
+    file_schema: SchemaRef,
 }
 
 impl StatefulAggregate {
@@ -66,6 +73,11 @@ impl StatefulAggregate {
         let state_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
             fields[key_count..fields.len() - 1].to_vec(),
         ));
+        let file_schema = Arc::new(Schema::new(
+            std::iter::once(Arc::new(Field::new(BUCKET_COLUMN, DataType::Int64, false)))
+                .chain(fields[..fields.len() - 1].iter().cloned())
+                .collect::<Vec<_>>(),
+        ));
         Ok(StatefulAggregate {
             aggregates: Aggregates::try_new(exprs)?,
             key_schema,
@@ -73,6 +85,9 @@ impl StatefulAggregate {
             output_schema,
             event_time,
             buckets: BTreeMap::new(),
+            dirty: BTreeMap::new(),
+            removed: Vec::new(),
+            file_schema,
         })
     }
 
@@ -115,19 +130,9 @@ impl StatefulOperator for StatefulAggregate {
             }
             for (end, rows) in by_bucket {
                 let indices = UInt32Array::from(rows);
-                let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                    cols.iter()
-                        .map(|c| take(c.as_ref(), &indices, None).map_err(|e| Error::Internal(format!("{e}"))))
-                        .collect()
-                };
-                let keys = pick(&columns[..key_count])?;
-                let states = pick(&columns[key_count..columns.len() - 1])?;
-                let table = match self.buckets.entry(end) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(GroupTable::try_new(self.key_schema.clone(), self.state_schema.clone())?)
-                    }
-                };
+                let keys = take_rows(&columns[..key_count], &indices)?;
+                let states = take_rows(&columns[key_count..columns.len() - 1], &indices)?;
+                let table = bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?;
                 let slots = table.merge(&self.aggregates, &keys, &states)?;
                 let seen = touched.entry(end).or_default();
                 seen.extend(slots);
@@ -138,6 +143,9 @@ impl StatefulOperator for StatefulAggregate {
             slots.dedup();
         }
         metrics.rows_updated = touched.values().map(|s| s.len() as u64).sum();
+        for (end, slots) in &touched {
+            self.dirty.entry(*end).or_default().extend(slots);
+        }
 
         let mut out = Vec::new();
         match mode {
@@ -169,6 +177,8 @@ impl StatefulOperator for StatefulAggregate {
                     out.push(self.emit(&table, &(0..table.len()).collect::<Vec<_>>())?);
                 }
                 metrics.rows_removed += table.len() as u64;
+                self.dirty.remove(&end);
+                self.removed.push(end);
             }
         }
         metrics.rows_total = self.buckets.values().map(|t| t.len() as u64).sum();
@@ -176,6 +186,69 @@ impl StatefulOperator for StatefulAggregate {
         let output =
             concat_batches(&self.output_schema, &out).map_err(|e| Error::Internal(format!("aggregate output: {e}")))?;
         Ok((output, metrics))
+    }
+
+    fn changes(&mut self) -> Result<StateFile> {
+        let mut parts = Vec::with_capacity(self.dirty.len());
+        for (end, mut slots) in std::mem::take(&mut self.dirty) {
+            slots.sort_unstable();
+            slots.dedup();
+            let table = &self.buckets[&end];
+            let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![end; slots.len()]))];
+            columns.extend(table.keys_of(&slots)?);
+            columns.extend(table.states_of(&slots)?);
+            parts.push(
+                RecordBatch::try_new(self.file_schema.clone(), columns)
+                    .map_err(|e| Error::Internal(format!("state delta: {e}")))?,
+            );
+        }
+        let rows =
+            concat_batches(&self.file_schema, &parts).map_err(|e| Error::Internal(format!("state delta: {e}")))?;
+        Ok(StateFile {
+            rows,
+            key_columns: 1 + self.key_schema.fields().len(),
+            removed: std::mem::take(&mut self.removed),
+            snapshot: false,
+        })
+    }
+
+    fn discard_changes(&mut self) {
+        self.dirty.clear();
+        self.removed.clear();
+    }
+
+    fn restore(&mut self, files: &[StateFile]) -> Result<()> {
+        let key_count = self.key_schema.fields().len();
+        for file in files {
+            check_state_schema(file, &self.file_schema)?;
+            if file.snapshot {
+                self.buckets.clear();
+            }
+            for end in &file.removed {
+                self.buckets.remove(end);
+            }
+            let mut by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+            for (row, end) in file.buckets()?.values().iter().enumerate() {
+                by_bucket.entry(*end).or_default().push(row as u32);
+            }
+            let columns = file.rows.columns();
+            for (end, rows) in by_bucket {
+                let (keys, states) = if rows.len() == file.rows.num_rows() {
+                    // One bucket (always so without windows): no need to copy the rows.
+                    (columns[1..=key_count].to_vec(), columns[1 + key_count..].to_vec())
+                } else {
+                    let indices = UInt32Array::from(rows);
+                    (
+                        take_rows(&columns[1..=key_count], &indices)?,
+                        take_rows(&columns[1 + key_count..], &indices)?,
+                    )
+                };
+                bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?.replace(&keys, &states)?;
+            }
+        }
+        self.dirty.clear();
+        self.removed.clear();
+        Ok(())
     }
 }
 
@@ -203,6 +276,21 @@ impl StatefulAggregate {
             })
             .collect())
     }
+}
+
+/// The group table of bucket `end`, created when missing.
+fn bucket<'a>(
+    buckets: &'a mut BTreeMap<i64, GroupTable>,
+    end: i64,
+    key_schema: &SchemaRef,
+    state_schema: &SchemaRef,
+) -> Result<&'a mut GroupTable> {
+    Ok(match buckets.entry(end) {
+        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(GroupTable::try_new(key_schema.clone(), state_schema.clone())?)
+        }
+    })
 }
 
 /// Timestamps of any unit as nanoseconds since the epoch.

@@ -12,11 +12,12 @@ pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
 pub(crate) use session::SessionAggregate;
 pub(crate) use shards::Sharded;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::StateFile;
 
 /// A stateful operator: merges a batch's input into its state and says what to emit.
 pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
@@ -32,6 +33,16 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
     ) -> Result<(RecordBatch, OperatorMetrics)>;
+
+    /// What changed in the state since the last call: the next state version's delta (or, for an
+    /// operator that cannot tell changes apart, a snapshot).
+    fn changes(&mut self) -> Result<StateFile>;
+
+    /// Forgets the changes since the last call (when the query keeps no checkpoint).
+    fn discard_changes(&mut self) {}
+
+    /// Rebuilds the state from the files of one version: a snapshot, then later deltas, in order.
+    fn restore(&mut self, files: &[StateFile]) -> Result<()>;
 }
 
 /// What a stateful operator reports for a batch (Spark's `StateOperatorProgress`).
@@ -78,4 +89,30 @@ pub(crate) fn output_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usi
         &RecordBatchOptions::new().with_row_count(Some(rows)),
     )
     .map_err(|e| Error::Internal(format!("operator output: {e}")))
+}
+
+/// Rows `indices` of each of `columns`.
+pub(crate) fn take_rows(columns: &[ArrayRef], indices: &UInt32Array) -> Result<Vec<ArrayRef>> {
+    columns
+        .iter()
+        .map(|c| {
+            datafusion::arrow::compute::take(c.as_ref(), indices, None)
+                .map_err(|e| Error::Internal(format!("taking rows: {e}")))
+        })
+        .collect()
+}
+
+/// Refuses state files whose columns are not the operator's: a checkpoint of another query.
+pub(crate) fn check_state_schema(file: &StateFile, expected: &SchemaRef) -> Result<()> {
+    let found = file.rows.schema();
+    let types = |s: &SchemaRef| s.fields().iter().map(|f| f.data_type().clone()).collect::<Vec<_>>();
+    if types(&found) != types(expected) {
+        return Err(Error::plan(format!(
+            "the checkpoint's state has columns {:?} but this query keeps {:?}; start the query with a new \
+             checkpoint_location",
+            found.fields().iter().map(|f| f.name()).collect::<Vec<_>>(),
+            expected.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
 }

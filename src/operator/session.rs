@@ -13,18 +13,20 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StructArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, take};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::aggregate::to_nanos;
-use super::{OperatorMetrics, StatefulOperator, output_batch};
+use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::StateFile;
 use crate::state::groups::{Aggregates, gather};
+use crate::state::store::BUCKET_COLUMN;
 
 /// One session of one key: its span in nanoseconds and where its state row is.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +50,9 @@ pub(crate) struct SessionAggregate {
     /// State rows in chunks, live or superseded.
     states: Vec<RecordBatch>,
     state_rows: usize,
+    /// The columns of a state file: a constant bucket, the other keys, the session's start and
+    /// end in nanoseconds, the states.
+    file_schema: SchemaRef,
 }
 
 impl std::fmt::Debug for SessionAggregate {
@@ -75,7 +80,24 @@ impl SessionAggregate {
             .filter(|(i, _)| *i != session_column)
             .map(|(_, f)| SortField::new(f.data_type().clone()))
             .collect();
+        let file_schema = Arc::new(Schema::new(
+            std::iter::once(Field::new(BUCKET_COLUMN, DataType::Int64, false))
+                .chain(
+                    fields[..key_count]
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != session_column)
+                        .map(|(_, f)| f.as_ref().clone()),
+                )
+                .chain([
+                    Field::new("__tidewater_session_start", DataType::Int64, false),
+                    Field::new("__tidewater_session_end", DataType::Int64, false),
+                ])
+                .chain(fields[key_count..fields.len() - 1].iter().map(|f| f.as_ref().clone()))
+                .collect::<Vec<_>>(),
+        ));
         Ok(SessionAggregate {
+            file_schema,
             aggregates: Aggregates::try_new(exprs)?,
             session_column,
             key_count,
@@ -323,5 +345,65 @@ impl StatefulOperator for SessionAggregate {
         let output = concat_batches(&self.output_schema, [&output])
             .map_err(|e| Error::Internal(format!("session output: {e}")))?;
         Ok((output, metrics))
+    }
+
+    /// Sessions change identity as they merge, so every version is a snapshot of all of them
+    /// (in append mode the watermark keeps that small).
+    fn changes(&mut self) -> Result<StateFile> {
+        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session state: {e}"));
+        let all: Vec<(&OwnedRow, &Session)> = self
+            .sessions
+            .iter()
+            .flat_map(|(key, list)| list.iter().map(move |s| (key, s)))
+            .collect();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![0; all.len()]))];
+        columns.extend(
+            self.converter
+                .convert_rows(all.iter().map(|(k, _)| k.row()))
+                .map_err(internal)?,
+        );
+        columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.start))));
+        columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.end))));
+        let at: Vec<(usize, usize)> = all.iter().map(|(_, s)| s.at).collect();
+        columns.extend(gather(&self.states, &at, &self.state_schema)?);
+        let rows = RecordBatch::try_new(self.file_schema.clone(), columns).map_err(internal)?;
+        Ok(StateFile {
+            rows,
+            key_columns: self.key_count + 2,
+            removed: Vec::new(),
+            snapshot: true,
+        })
+    }
+
+    fn restore(&mut self, files: &[StateFile]) -> Result<()> {
+        self.sessions.clear();
+        self.states.clear();
+        self.state_rows = 0;
+        // Every file is a snapshot: the last one is the state.
+        let Some(file) = files.last() else {
+            return Ok(());
+        };
+        check_state_schema(file, &self.file_schema)?;
+        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session state: {e}"));
+        let columns = file.rows.columns();
+        let other = self.key_count - 1;
+        let keys = self.converter.convert_columns(&columns[1..=other]).map_err(internal)?;
+        let starts = columns[other + 1].as_primitive::<Int64Type>();
+        let ends = columns[other + 2].as_primitive::<Int64Type>();
+        for row in 0..file.rows.num_rows() {
+            self.sessions.entry(keys.row(row).owned()).or_default().push(Session {
+                start: starts.value(row),
+                end: ends.value(row),
+                at: (0, row),
+            });
+        }
+        for list in self.sessions.values_mut() {
+            list.sort_by_key(|s| s.start);
+        }
+        let states =
+            RecordBatch::try_new(self.state_schema.clone(), columns[other + 3..].to_vec()).map_err(internal)?;
+        self.state_rows = states.num_rows();
+        self.states.push(states);
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use super::{OperatorMetrics, StatefulOperator};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::StateFile;
 
 /// Below this many input rows a batch's shards are processed one after the other. Starting a
 /// thread costs tens of microseconds; merging a few thousand groups costs about as much.
@@ -52,8 +53,9 @@ impl Sharded {
     }
 }
 
-impl StatefulOperator for Sharded {
-    fn process(
+impl Sharded {
+    /// Processes one batch's input in every shard; see [`StatefulOperator::process`].
+    pub(crate) fn process(
         &mut self,
         input: &[RecordBatch],
         mode: OutputMode,
@@ -110,5 +112,37 @@ impl StatefulOperator for Sharded {
         let schema = outputs[0].schema();
         let output = concat_batches(&schema, &outputs).map_err(|e| Error::Internal(format!("shard outputs: {e}")))?;
         Ok((output, metrics))
+    }
+
+    /// Number of shards.
+    pub(crate) fn len(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Each shard's changes since the last call: the next state version, shard by shard.
+    pub(crate) fn changes(&mut self) -> Result<Vec<StateFile>> {
+        self.shards.iter_mut().map(|s| s.changes()).collect()
+    }
+
+    /// Forgets the changes since the last call, when nothing is checkpointed.
+    pub(crate) fn discard_changes(&mut self) {
+        for shard in &mut self.shards {
+            shard.discard_changes();
+        }
+    }
+
+    /// Restores every shard from its files of one version.
+    pub(crate) fn restore(&mut self, files: Vec<Vec<StateFile>>) -> Result<()> {
+        if files.len() != self.shards.len() {
+            return Err(Error::Internal(format!(
+                "state of {} shards for {} shards",
+                files.len(),
+                self.shards.len()
+            )));
+        }
+        for (shard, files) in self.shards.iter_mut().zip(files) {
+            shard.restore(&files)?;
+        }
+        Ok(())
     }
 }

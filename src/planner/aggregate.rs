@@ -20,9 +20,12 @@ use datafusion::execution::context::SessionState;
 use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, lit};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::memory::MemoryStream;
+use datafusion::physical_plan::projection::ProjectionExec;
 
 use super::scan::{OperatorOutputTable, StreamTable};
 use super::{bind_inputs, check_stateless, contains_stream, scanned_table};
@@ -53,11 +56,7 @@ pub(crate) struct AggregatePlan {
 
 impl AggregatePlan {
     /// A fresh operator; `partial` is the batch plan (a partial `AggregateExec`).
-    pub(crate) fn new_operator(
-        &self,
-        partial: &Arc<dyn ExecutionPlan>,
-        shards: usize,
-    ) -> Result<Box<dyn StatefulOperator>> {
+    pub(crate) fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded> {
         let exec = partial
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Internal("the batch plan of an aggregation is not an AggregateExec".into()))?;
@@ -87,7 +86,7 @@ impl AggregatePlan {
             .collect::<Result<Vec<_>>>()?;
         // Sessions of one key must meet in one shard: the session column does not pick it.
         let key_columns = (0..self.key_count).filter(|i| Some(*i) != self.session).collect();
-        Ok(Box::new(Sharded::new(operators, key_columns)))
+        Ok(Sharded::new(operators, key_columns))
     }
 
     /// One line on the operator: its kind, keys and event time.
@@ -107,6 +106,31 @@ impl AggregatePlan {
             None => String::new(),
         };
         format!("{kind}: keys [{}]{event_time}", keys.join(", "))
+    }
+
+    /// The shape of the state this aggregation keeps, given its partial aggregation's schema:
+    /// what a checkpoint's state must match (see [`super::IncrementalPlan::state_shape`]).
+    pub(crate) fn shape(&self, partial: &SchemaRef) -> Vec<(String, Vec<String>)> {
+        let describe = |fields: &[datafusion::arrow::datatypes::FieldRef]| {
+            fields
+                .iter()
+                .map(|f| format!("{} {}", f.name(), f.data_type()))
+                .collect::<Vec<_>>()
+        };
+        let fields = partial.fields();
+        let event_time = match self.event_time {
+            Some(EventTimeKey::Window(i) | EventTimeKey::Time(i)) => vec![self.output_schema.field(i).name().clone()],
+            None => Vec::new(),
+        };
+        vec![
+            ("the group keys".to_string(), describe(&fields[..self.key_count])),
+            (
+                "the aggregates".to_string(),
+                describe(&fields[self.key_count..fields.len() - 1]),
+            ),
+            ("the event-time key".to_string(), event_time),
+            ("the stateful operator".to_string(), vec![self.describe()]),
+        ]
     }
 
     /// The schema of the query's final output.
@@ -131,6 +155,28 @@ impl AggregatePlan {
     /// Whether the aggregation groups by event time with a watermark.
     pub(crate) fn has_event_time(&self) -> bool {
         self.event_time.is_some()
+    }
+
+    /// The output columns that are the aggregation's grouping keys, in output order: `Some` when
+    /// every grouping key reaches the output unchanged (perhaps renamed), `None` when one is
+    /// dropped or only used inside an expression.
+    ///
+    /// # Background
+    /// A sink that upserts (the database sink in update mode) needs the columns that identify a
+    /// result row; the grouping keys do, provided they are all in the output. The post plan is
+    /// followed down from each output column through projections (of plain columns), filters and
+    /// nodes that keep their input's columns, to the operator's output.
+    pub(crate) fn output_keys(&self) -> Option<Vec<String>> {
+        let schema = self.post.schema();
+        let mut found = vec![false; self.key_count];
+        let mut names = Vec::new();
+        for (index, field) in schema.fields().iter().enumerate() {
+            if let Some(key) = operator_column(&self.post, index).filter(|c| *c < self.key_count) {
+                found[key] = true;
+                names.push(field.name().clone());
+            }
+        }
+        found.iter().all(|f| *f).then_some(names)
     }
 }
 
@@ -256,6 +302,40 @@ pub(crate) async fn split(
         post_input,
     };
     Ok(Some((batch, plan)))
+}
+
+/// The column of the stateful operator's output that column `index` of `plan` (a post plan) passes
+/// through unchanged, if it does.
+fn operator_column(plan: &Arc<dyn ExecutionPlan>, index: usize) -> Option<usize> {
+    if let Some(scan) = plan.downcast_ref::<super::StreamScanExec>() {
+        return match &scan.projection {
+            Some(projection) => projection.get(index).copied(),
+            None => Some(index),
+        };
+    }
+    if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
+        let column = projection.expr().get(index)?.expr.downcast_ref::<PhysicalColumn>()?;
+        return operator_column(projection.input(), column.index());
+    }
+    let [input] = plan.children()[..] else {
+        return None;
+    };
+    if let Some(filter) = plan.downcast_ref::<FilterExec>() {
+        let index = match filter.projection() {
+            Some(projection) => *projection.get(index)?,
+            None => index,
+        };
+        return operator_column(input, index);
+    }
+    // Sorts, limits, repartitions and coalescing keep their input's columns.
+    let same = plan.schema().fields().len() == input.schema().fields().len()
+        && plan
+            .schema()
+            .fields()
+            .iter()
+            .zip(input.schema().fields())
+            .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+    if same { operator_column(input, index) } else { None }
 }
 
 /// True when a post-plan node reads a stream other than through its single input.

@@ -33,7 +33,7 @@ pub(crate) use aggregate::AggregatePlan;
 pub(crate) use scan::{StreamScanExec, StreamTable};
 
 use crate::error::{Error, Result};
-use crate::operator::StatefulOperator;
+use crate::operator::Sharded;
 use crate::sink::OutputMode;
 use crate::source::Source;
 use crate::sql::Watermark;
@@ -107,7 +107,7 @@ impl IncrementalPlan {
             logical: batch_logical,
             partial,
         };
-        let scans = scans_of(&batch.physical);
+        let scans = own_sources(scans_of(&batch.physical))?;
         tracing::debug!(
             plan = %datafusion::physical_plan::displayable(batch.physical.as_ref()).indent(false),
             "incremental plan"
@@ -124,17 +124,38 @@ impl IncrementalPlan {
         &self.scans
     }
 
+    /// The distinct sources the query reads, in the order of their first scan: the order in which
+    /// the checkpoint lists their offsets.
+    pub(crate) fn sources(&self) -> Vec<Arc<dyn Source>> {
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        for scan in &self.scans {
+            if !sources.iter().any(|s| Arc::ptr_eq(s, &scan.source)) {
+                sources.push(scan.source.clone());
+            }
+        }
+        sources
+    }
+
     /// The stateful aggregation, if the query has one.
     pub(crate) fn aggregate(&self) -> Option<&AggregatePlan> {
         self.aggregate.as_ref()
     }
 
     /// A fresh operator for the query's aggregation.
-    pub(crate) fn new_operator(&self, shards: usize) -> Result<Option<Box<dyn StatefulOperator>>> {
+    pub(crate) fn new_operator(&self, shards: usize) -> Result<Option<Sharded>> {
         self.aggregate
             .as_ref()
             .map(|a| a.new_operator(&self.batch.physical, shards))
             .transpose()
+    }
+
+    /// The shape of the query's state, as named facts a checkpoint records and compares when
+    /// the query restarts; empty for a stateless query.
+    pub(crate) fn state_shape(&self) -> Vec<(String, Vec<String>)> {
+        self.aggregate
+            .as_ref()
+            .map(|a| a.shape(&self.batch.physical.schema()))
+            .unwrap_or_default()
     }
 
     /// The batch plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
@@ -168,6 +189,12 @@ impl IncrementalPlan {
             ));
         }
         text
+    }
+
+    /// The output columns that are the query's grouping keys (see [`AggregatePlan::output_keys`]);
+    /// `None` for a query without an aggregation, or when a grouping key is not in the output.
+    pub(crate) fn output_keys(&self) -> Option<Vec<String>> {
+        self.aggregate.as_ref().and_then(AggregatePlan::output_keys)
     }
 
     /// The output schema of the whole query.
@@ -263,6 +290,24 @@ fn scans_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<ScanSpec> {
         Ok(TreeNodeRecursion::Continue)
     });
     scans
+}
+
+/// Gives the query its own instance of each source it reads (see [`Source::for_query`]); scans
+/// of one source (a self-union) keep sharing theirs.
+fn own_sources(mut scans: Vec<ScanSpec>) -> Result<Vec<ScanSpec>> {
+    let mut own: Vec<(Arc<dyn Source>, Arc<dyn Source>)> = Vec::new();
+    for scan in &mut scans {
+        let instance = match own.iter().find(|(shared, _)| Arc::ptr_eq(shared, &scan.source)) {
+            Some((_, instance)) => instance.clone(),
+            None => {
+                let instance = scan.source.clone().for_query()?;
+                own.push((scan.source.clone(), instance.clone()));
+                instance
+            }
+        };
+        scan.source = instance;
+    }
+    Ok(scans)
 }
 
 /// True when the plan calls a function whose value is the current time or date.

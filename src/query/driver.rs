@@ -1,10 +1,14 @@
 //! The micro-batch loop of one query.
 //!
 //! Per batch: ask each source for its latest offset (within the trigger's read limit); if nothing
-//! is new, wait; otherwise read each scan's rows between the committed and the new offsets, bind
-//! them into the incremental plan, run it, hand the result to the sink under the batch id, and
-//! only then take the new offsets as committed. The loop owns offsets and batch ids; nothing else
-//! moves them.
+//! is new, wait; otherwise log the batch (its end offsets, watermarks and timestamp) in the
+//! checkpoint's offsets log, read each scan's rows between the committed and the new offsets, bind
+//! them into the incremental plan, run it, hand the result to the sink under the batch id while the
+//! state's new version is written, and only then commit the batch in the commits log. The loop owns
+//! offsets, batch ids and the checkpoint; nothing else moves them.
+//!
+//! A query that restarts from its checkpoint first restores its sources' logs and its state, and
+//! re-runs a batch that was logged but never committed exactly as logged.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -20,11 +24,13 @@ use tracing::Instrument;
 
 use super::progress::{SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, rate};
 use super::{Outcome, QueryShared, Trigger};
+use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::error::{Error, Result};
-use crate::operator::OperatorMetrics;
+use crate::operator::{OperatorMetrics, Sharded};
 use crate::planner::IncrementalPlan;
 use crate::sink::{OutputMode, Sink};
 use crate::source::{Offset, ReadLimit, Source};
+use crate::state::StateStore;
 
 /// How long the default trigger waits before looking for new input again when there was none.
 /// Short enough to feel immediate, long enough that an idle query costs nothing measurable.
@@ -40,7 +46,36 @@ pub(crate) struct Driver {
     /// Shards of the stateful operator's state.
     pub(crate) state_partitions: usize,
     pub(crate) state: SessionState,
+    pub(crate) checkpoint: Checkpoint,
+    /// Where the checkpoint says to start.
+    pub(crate) recovery: Recovery,
+    pub(crate) retention: Retention,
 }
+
+/// How much of the checkpoint is kept, and how often the state is snapshotted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    /// A state snapshot every this many batches (`state_snapshot_interval`).
+    pub(crate) snapshot_interval: u64,
+    /// The last this many batches can always be recovered (`min_batches_to_retain`).
+    pub(crate) min_batches: u64,
+}
+
+/// A checkpoint write running in the background.
+type Background = tokio::task::JoinHandle<Result<()>>;
+
+/// Waits for a background checkpoint write, if there is one.
+async fn finish(write: Option<Background>) -> Result<()> {
+    match write {
+        Some(task) => task
+            .await
+            .map_err(|e| Error::Internal(format!("checkpoint write: {e}")))?,
+        None => Ok(()),
+    }
+}
+
+/// Old checkpoint entries are looked for every this many batches.
+const CLEAN_EVERY: u64 = 10;
 
 /// A distinct source of the plan and how far it has been committed.
 struct SourceCursor {
@@ -93,8 +128,10 @@ impl Driver {
     /// Runs the loop to its end and records how it ended.
     pub(crate) async fn run(self) {
         let shared = self.shared.clone();
+        let checkpoint = self.checkpoint.clone();
         let span = tracing::info_span!("query", name = %shared.label(), id = %shared.id);
         let result = self.run_loop().instrument(span).await;
+        checkpoint.remove_temporary();
         let outcome = match result {
             Ok(()) => {
                 shared.set_status("Stopped", false, false);
@@ -135,140 +172,302 @@ impl Driver {
             scan_cursor.push(index);
         }
         let mut operator = self.plan.new_operator(self.state_partitions)?;
+        let store = match (&operator, self.checkpoint.state_dir()) {
+            (Some(op), Some(dir)) => Some(StateStore::new(
+                dir.child("0"),
+                op.len(),
+                self.retention.snapshot_interval,
+            )),
+            _ => None,
+        };
         let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
-        let mut watermarks = Watermarks::default();
+
+        self.shared.set_status("Restoring from the checkpoint", false, true);
+        let (mut watermarks, mut batch_id, mut replay) =
+            self.recover(&mut cursors, operator.as_mut(), store.as_ref()).await?;
         if self.trigger == Trigger::AvailableNow {
             for cursor in &mut cursors {
                 cursor.cap = cursor.source.latest_offset(None, ReadLimit::All).await?;
             }
         }
 
-        let mut batch_id: u64 = 0;
         let mut previous_trigger: Option<Instant> = None;
-        loop {
-            if *self.shared.stop.borrow() {
-                return Ok(());
-            }
-            let trigger_start = Instant::now();
-            let batch_time = chrono::Utc::now();
-            self.shared.checks.send_modify(|c| c.0 += 1);
-            let check = *self.shared.checks.borrow();
-            self.shared.set_status("Getting offsets from sources", false, true);
-
-            let mut ends = Vec::with_capacity(cursors.len());
-            for cursor in &cursors {
-                let limit = match (&self.trigger, &cursor.cap) {
-                    (Trigger::Once, _) => ReadLimit::All,
-                    (Trigger::AvailableNow, Some(cap)) => ReadLimit::UpTo(cap.clone()),
-                    (Trigger::AvailableNow, None) => ReadLimit::UpTo(Offset::from_u64(0)),
-                    _ => ReadLimit::Default,
-                };
-                ends.push(cursor.source.latest_offset(cursor.committed.as_ref(), limit).await?);
-            }
-            let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
-            let has_data = cursors.iter().zip(&ends).any(|(c, e)| e.is_some() && *e != c.committed);
-            // A batch without new rows still runs when the watermark has moved, so that windows it
-            // closes are emitted and evicted.
-            let watermark_moved = event_time && watermarks.current != watermarks.previous && batch_id > 0;
-
-            if !has_data && !watermark_moved {
-                self.shared.checks.send_modify(|c| c.1 = check.0);
-                if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
+        let mut pending_commit: Option<Background> = None;
+        let result = async {
+            loop {
+                if *self.shared.stop.borrow() {
                     return Ok(());
                 }
-                self.shared.set_status("Waiting for data to arrive", false, false);
-                let wait = match self.trigger {
-                    Trigger::ProcessingTime(interval) => interval.saturating_sub(trigger_start.elapsed()),
-                    _ => IDLE_POLL,
-                };
-                self.wait(wait, true).await;
-                continue;
-            }
+                let trigger_start = Instant::now();
+                self.shared.checks.send_modify(|c| c.0 += 1);
+                let check = *self.shared.checks.borrow();
+                self.shared.set_status("Getting offsets from sources", false, true);
 
-            self.shared.set_status("Processing new data", has_data, true);
-            let span = tracing::info_span!("batch", batch_id);
-            let counters: Vec<Arc<AtomicU64>> = cursors.iter().map(|_| Arc::default()).collect();
-            let mut operator_metrics = None;
-            let (get_batch_ms, add_batch_ms, output_rows) = async {
-                let read_start = Instant::now();
-                let mut inputs = Vec::with_capacity(scan_cursor.len());
-                for (scan, &c) in self.plan.scans().iter().zip(&scan_cursor) {
-                    let (cursor, end) = (&cursors[c], ends[c].as_ref());
-                    let stream = match end {
-                        Some(end) => {
-                            cursor
-                                .source
-                                .read(cursor.committed.as_ref(), end, scan.projection.as_deref())
-                                .await?
-                        }
-                        None => empty_stream(scan.source.as_ref(), scan.projection.as_deref())?,
-                    };
-                    let event_time = scan
-                        .watermark
-                        .as_ref()
-                        .map(|(_, column)| (*column, cursor.max_event_time.clone()));
-                    inputs.push(counted(stream, counters[c].clone(), event_time));
-                }
-                let get_batch_ms = read_start.elapsed().as_millis() as u64;
-                let add_start = Instant::now();
-                let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
-                let output = match (operator.as_mut(), self.plan.aggregate()) {
-                    (Some(operator), Some(aggregate)) => {
-                        let partial = collect(bound, self.state.task_ctx()).await?;
-                        let (emitted, metrics) =
-                            operator.process(&partial, self.output_mode, watermarks.previous, watermarks.current)?;
-                        operator_metrics = Some(metrics);
-                        execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?
+                let replaying = replay.is_some();
+                let mut logging: Option<Background> = None;
+                let (ends, batch_time) = match replay.take() {
+                    // A batch logged but never committed runs again exactly as logged.
+                    Some(entry) => {
+                        tracing::info!(batch_id, "re-running a batch that was not committed before the restart");
+                        let time =
+                            chrono::DateTime::from_timestamp_millis(entry.batch_timestamp_ms).ok_or_else(|| {
+                                Error::Internal(format!("batch timestamp {} out of range", entry.batch_timestamp_ms))
+                            })?;
+                        (entry.offsets, time)
                     }
-                    _ => execute_stream(bound, self.state.task_ctx())?,
+                    None => {
+                        let mut ends = Vec::with_capacity(cursors.len());
+                        for cursor in &cursors {
+                            let limit = match (&self.trigger, &cursor.cap) {
+                                (Trigger::Once, _) => ReadLimit::All,
+                                (Trigger::AvailableNow, Some(cap)) => ReadLimit::UpTo(cap.clone()),
+                                (Trigger::AvailableNow, None) => ReadLimit::UpTo(Offset::from_u64(0)),
+                                _ => ReadLimit::Default,
+                            };
+                            ends.push(cursor.source.latest_offset(cursor.committed.as_ref(), limit).await?);
+                        }
+                        let has_data = cursors.iter().zip(&ends).any(|(c, e)| e.is_some() && *e != c.committed);
+                        // A batch without new rows still runs when the watermark has moved, so that
+                        // windows it closes are emitted and evicted.
+                        let watermark_moved = event_time && watermarks.current != watermarks.previous && batch_id > 0;
+                        if !has_data && !watermark_moved {
+                            self.shared.checks.send_modify(|c| c.1 = check.0);
+                            if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
+                                return Ok(());
+                            }
+                            self.shared.set_status("Waiting for data to arrive", false, false);
+                            let wait = match self.trigger {
+                                Trigger::ProcessingTime(interval) => interval.saturating_sub(trigger_start.elapsed()),
+                                _ => IDLE_POLL,
+                            };
+                            self.wait(wait, true).await;
+                            continue;
+                        }
+                        // Log the batch before its output reaches the sink: the sources' own logs,
+                        // then the offsets. The writes run while the batch is read and processed.
+                        let now = chrono::Utc::now();
+                        let batch_time = chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+                        finish(pending_commit.take()).await?;
+                        let entry = OffsetEntry {
+                            batch_id,
+                            batch_timestamp_ms: batch_time.timestamp_millis(),
+                            late_watermark: watermarks.previous,
+                            watermark: watermarks.current,
+                            offsets: ends.clone(),
+                        };
+                        let sources: Vec<_> = cursors
+                            .iter()
+                            .zip(&ends)
+                            .enumerate()
+                            .filter_map(|(i, (cursor, end))| {
+                                let end = end.as_ref().filter(|e| Some(*e) != cursor.committed.as_ref())?;
+                                let log = self.checkpoint.source_dir(i)?;
+                                Some((cursor.source.clone(), log, cursor.committed.clone(), end.clone()))
+                            })
+                            .collect();
+                        let checkpoint = self.checkpoint.clone();
+                        logging = Some(tokio::spawn(async move {
+                            for (source, log, start, end) in sources {
+                                source.persist(&log, batch_id, start.as_ref(), &end).await?;
+                            }
+                            checkpoint.write_offsets(&entry).await
+                        }));
+                        (ends, batch_time)
+                    }
                 };
-                let rows = self.sink.add_batch(batch_id, self.output_mode, output).await?;
-                tracing::debug!(rows, "batch written");
-                Ok::<_, Error>((get_batch_ms, add_start.elapsed().as_millis() as u64, rows))
-            }
-            .instrument(span)
-            .await
-            .map_err(|e| Error::Query {
-                query: self.shared.label(),
-                batch_id,
-                error: Box::new(e),
-            })?;
+                let latest_offset_ms = trigger_start.elapsed().as_millis() as u64;
+                let has_data = cursors.iter().zip(&ends).any(|(c, e)| e.is_some() && *e != c.committed);
 
-            // The sink has the batch: its end offsets are now the committed ones.
-            let starts: Vec<Option<Offset>> = cursors.iter().map(|c| c.committed.clone()).collect();
-            for (cursor, end) in cursors.iter_mut().zip(&ends) {
-                if end.is_some() && *end != cursor.committed {
-                    cursor.committed = end.clone();
-                    cursor.last_data = Instant::now();
+                self.shared.set_status("Processing new data", has_data, true);
+                let span = tracing::info_span!("batch", batch_id);
+                let counters: Vec<Arc<AtomicU64>> = cursors.iter().map(|_| Arc::default()).collect();
+                let mut operator_metrics = None;
+                let (get_batch_ms, add_batch_ms, output_rows) = async {
+                    let read_start = Instant::now();
+                    let mut inputs = Vec::with_capacity(scan_cursor.len());
+                    for (scan, &c) in self.plan.scans().iter().zip(&scan_cursor) {
+                        let (cursor, end) = (&cursors[c], ends[c].as_ref());
+                        let stream = match end {
+                            Some(end) => {
+                                cursor
+                                    .source
+                                    .read(cursor.committed.as_ref(), end, scan.projection.as_deref())
+                                    .await?
+                            }
+                            None => empty_stream(scan.source.as_ref(), scan.projection.as_deref())?,
+                        };
+                        let event_time = scan
+                            .watermark
+                            .as_ref()
+                            .map(|(_, column)| (*column, cursor.max_event_time.clone()));
+                        inputs.push(counted(stream, counters[c].clone(), event_time));
+                    }
+                    let get_batch_ms = read_start.elapsed().as_millis() as u64;
+                    let add_start = Instant::now();
+                    let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
+                    let rows = match (operator.as_mut(), self.plan.aggregate()) {
+                        (Some(operator), Some(aggregate)) => {
+                            let partial = collect(bound, self.state.task_ctx()).await?;
+                            let (emitted, metrics) = operator.process(
+                                &partial,
+                                self.output_mode,
+                                watermarks.previous,
+                                watermarks.current,
+                            )?;
+                            operator_metrics = Some(metrics);
+                            let output = execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?;
+                            finish(logging.take()).await?;
+                            let sink = self.sink.add_batch(batch_id, self.output_mode, output);
+                            match &store {
+                                // The sink takes the output while the state's new version is written.
+                                Some(store) => {
+                                    let changes = operator.changes()?;
+                                    tokio::try_join!(sink, store.write(batch_id, changes))?.0
+                                }
+                                None => {
+                                    operator.discard_changes();
+                                    sink.await?
+                                }
+                            }
+                        }
+                        _ => {
+                            let output = execute_stream(bound, self.state.task_ctx())?;
+                            finish(logging.take()).await?;
+                            self.sink.add_batch(batch_id, self.output_mode, output).await?
+                        }
+                    };
+                    tracing::debug!(rows, "batch written");
+                    Ok::<_, Error>((get_batch_ms, add_start.elapsed().as_millis() as u64, rows))
+                }
+                .instrument(span)
+                .await
+                .map_err(|e| Error::Query {
+                    query: self.shared.label(),
+                    batch_id,
+                    error: Box::new(e),
+                })?;
+
+                // The sink has the batch and the state is durable: commit it.
+                let starts: Vec<Option<Offset>> = cursors.iter().map(|c| c.committed.clone()).collect();
+                for (cursor, end) in cursors.iter_mut().zip(&ends) {
+                    if end.is_some() && *end != cursor.committed {
+                        cursor.committed = end.clone();
+                        cursor.last_data = Instant::now();
+                    }
+                }
+                let batch_watermark = watermarks.current;
+                watermarks.advance(&cursors);
+                let commit = CommitEntry {
+                    batch_id,
+                    max_event_times: cursors
+                        .iter()
+                        .map(|c| Some(c.max_event_time.load(Ordering::Relaxed)).filter(|t| *t != i64::MIN))
+                        .collect(),
+                    next_watermark: watermarks.current,
+                };
+                // The commit is written while the next batch starts; it lands before that batch is
+                // logged (or the query ends), so the logs never have a gap.
+                let checkpoint = self.checkpoint.clone();
+                pending_commit = Some(tokio::spawn(async move { checkpoint.write_commit(&commit).await }));
+                self.clean_up(batch_id, store.as_ref());
+                self.record_progress(Report {
+                    batch_id,
+                    watermark: batch_watermark,
+                    operator: operator_metrics,
+                    trigger_start,
+                    previous_trigger,
+                    latest_offset_ms,
+                    get_batch_ms,
+                    add_batch_ms,
+                    output_rows,
+                    cursors: &cursors,
+                    starts,
+                    counters: &counters,
+                });
+                previous_trigger = Some(trigger_start);
+                batch_id += 1;
+
+                match self.trigger {
+                    // After a replayed batch, `once` still runs its one batch of new input.
+                    Trigger::Once if !replaying => return Ok(()),
+                    Trigger::ProcessingTime(interval) => {
+                        self.shared.set_status("Waiting for next trigger", false, false);
+                        self.wait(interval.saturating_sub(trigger_start.elapsed()), false).await;
+                    }
+                    _ => {}
                 }
             }
-            let batch_watermark = watermarks.current;
-            watermarks.advance(&cursors);
-            self.record_progress(Report {
-                batch_id,
-                watermark: batch_watermark,
-                operator: operator_metrics,
-                trigger_start,
-                previous_trigger,
-                latest_offset_ms,
-                get_batch_ms,
-                add_batch_ms,
-                output_rows,
-                cursors: &cursors,
-                starts,
-                counters: &counters,
+        }
+        .await;
+        let committed = finish(pending_commit.take()).await;
+        if let Some(store) = &store {
+            store.finish().await;
+        }
+        result.and(committed)
+    }
+
+    /// Puts the query where its checkpoint says: the sources' logs, the committed offsets, event
+    /// times and watermarks, and the state of the last committed batch. Returns the watermarks, the
+    /// next batch id, and the batch to run again if one was logged but never committed.
+    async fn recover(
+        &self,
+        cursors: &mut [SourceCursor],
+        operator: Option<&mut Sharded>,
+        store: Option<&StateStore>,
+    ) -> Result<(Watermarks, u64, Option<OffsetEntry>)> {
+        for (i, cursor) in cursors.iter().enumerate() {
+            if let Some(log) = self.checkpoint.source_dir(i) {
+                cursor.source.restore(&log).await?;
+            }
+        }
+        let (watermarks, next, replay, committed) = match &self.recovery {
+            Recovery::Fresh => return Ok((Watermarks::default(), 0, None)),
+            Recovery::Resume { last, commit } => (
+                Watermarks {
+                    previous: last.watermark,
+                    current: commit.next_watermark,
+                },
+                last.batch_id + 1,
+                None,
+                Some((last, commit)),
+            ),
+            Recovery::Replay { batch, previous } => (
+                Watermarks {
+                    previous: batch.late_watermark,
+                    current: batch.watermark,
+                },
+                batch.batch_id,
+                Some(batch.clone()),
+                previous.as_ref().map(|(o, c)| (o, c)),
+            ),
+        };
+        if let Some((offsets, commit)) = committed {
+            for ((cursor, offset), max) in cursors.iter_mut().zip(&offsets.offsets).zip(&commit.max_event_times) {
+                cursor.committed = offset.clone();
+                cursor.max_event_time.store(max.unwrap_or(i64::MIN), Ordering::Relaxed);
+            }
+            if let (Some(operator), Some(store)) = (operator, store) {
+                operator.restore(store.load(offsets.batch_id).await?)?;
+            }
+            tracing::info!(batch_id = offsets.batch_id, checkpoint = %self.checkpoint.location(), "restored from checkpoint");
+        }
+        Ok((watermarks, next, replay))
+    }
+
+    /// After batch `batch_id` committed: old checkpoint entries go and a state snapshot is made
+    /// when due, both in the background.
+    fn clean_up(&self, batch_id: u64, store: Option<&StateStore>) {
+        let oldest_kept = (batch_id + 1).saturating_sub(self.retention.min_batches);
+        if let Some(store) = store {
+            store.maintain(batch_id, oldest_kept);
+        }
+        if batch_id.is_multiple_of(CLEAN_EVERY) && oldest_kept > 0 {
+            let checkpoint = self.checkpoint.clone();
+            tokio::spawn(async move {
+                if let Err(e) = checkpoint.clean_logs(oldest_kept).await {
+                    tracing::warn!(error = %e, "could not delete old checkpoint entries");
+                }
             });
-            previous_trigger = Some(trigger_start);
-            batch_id += 1;
-
-            match self.trigger {
-                Trigger::Once => return Ok(()),
-                Trigger::ProcessingTime(interval) => {
-                    self.shared.set_status("Waiting for next trigger", false, false);
-                    self.wait(interval.saturating_sub(trigger_start.elapsed()), false).await;
-                }
-                _ => {}
-            }
         }
     }
 

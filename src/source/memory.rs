@@ -90,6 +90,10 @@ impl MemoryStream {
 
 #[async_trait]
 impl Source for MemoryStream {
+    fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>> {
+        Ok(self)
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -96,10 +97,45 @@ pub trait Source: Send + Sync + Debug {
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream>;
 
+    /// The source as one more query reads it. A source that keeps per-query state (the files
+    /// source's log of which files make which offsets, restored from that query's checkpoint)
+    /// returns a fresh instance over the same input; others are shared as they are.
+    fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>>;
+
     /// Counters for progress reports (e.g. malformed records), cumulative since the query started.
     fn metrics(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
+
+    /// Records in `log` what the next batch, `batch_id`, reads: the rows after `start` up to
+    /// `end`. Called before the batch enters the offsets log, so after a crash [`Source::restore`]
+    /// can make `read(start, end)` return the same rows. Sources whose offsets alone say which
+    /// rows they mean (counts over an append-only input) need not log anything.
+    async fn persist(&self, log: &dyn SourceLog, batch_id: u64, start: Option<&Offset>, end: &Offset) -> Result<()> {
+        let _ = (log, batch_id, start, end);
+        Ok(())
+    }
+
+    /// Reads back what [`Source::persist`] logged, when a query restarts from its checkpoint.
+    async fn restore(&self, log: &dyn SourceLog) -> Result<()> {
+        let _ = log;
+        Ok(())
+    }
+}
+
+/// A source's own durable log: a folder of the query's checkpoint. Writes are atomic.
+#[async_trait]
+pub trait SourceLog: Send + Sync {
+    /// Writes entry `name`, replacing it if it exists.
+    async fn put(&self, name: &str, content: bytes::Bytes) -> Result<()>;
+    /// Entry `name`, `None` when missing.
+    async fn get(&self, name: &str) -> Result<Option<bytes::Bytes>>;
+    /// The names of the entries, sorted.
+    async fn list(&self) -> Result<Vec<String>>;
+    /// Deletes entry `name`.
+    async fn delete(&self, name: &str) -> Result<()>;
+    /// Entry `name` as users know it (a path or URL), for error messages.
+    fn display(&self, name: &str) -> String;
 }
 
 /// The count held by a count offset, 0 for "from the beginning" (`None`), for the sources whose

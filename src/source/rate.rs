@@ -2,7 +2,8 @@
 //!
 //! Row `i` has `value = i` and `timestamp = start + i / rows_per_second`, so any offset range can
 //! be generated again identically; the offset is the number of rows due so far. Time is read from
-//! `tokio::time`, so tests can pause and advance it.
+//! `tokio::time`, so tests can pause and advance it. Each query has its own clock; a query
+//! restarted from its checkpoint goes on from its committed offset, its clock starting again there.
 
 use std::sync::Arc;
 
@@ -26,8 +27,10 @@ pub struct RateSource {
     schema: SchemaRef,
     /// When row 0 is due, in the clock that paces the rows.
     started: tokio::time::Instant,
-    /// Row 0's event time, microseconds since the epoch.
+    /// Row `base`'s event time, microseconds since the epoch.
     start_micros: i64,
+    /// The offset the clock started at: the committed one of a restarted query, else 0.
+    base: std::sync::OnceLock<u64>,
 }
 
 impl RateSource {
@@ -42,12 +45,17 @@ impl RateSource {
             schema,
             started: tokio::time::Instant::now(),
             start_micros: chrono::Utc::now().timestamp_micros(),
+            base: std::sync::OnceLock::new(),
         }
+    }
+
+    fn base(&self) -> u64 {
+        self.base.get().copied().unwrap_or(0)
     }
 
     fn rows_due(&self) -> u64 {
         let elapsed = self.started.elapsed();
-        (elapsed.as_micros() * self.rows_per_second as u128 / 1_000_000) as u64
+        self.base() + (elapsed.as_micros() * self.rows_per_second as u128 / 1_000_000) as u64
     }
 
     fn batch(&self, from: u64, to: u64) -> Result<RecordBatch> {
@@ -55,7 +63,7 @@ impl RateSource {
         let micros_per_row = 1_000_000f64 / self.rows_per_second as f64;
         let times: Vec<i64> = values
             .iter()
-            .map(|v| self.start_micros + (*v as f64 * micros_per_row) as i64)
+            .map(|v| self.start_micros + ((*v - self.base() as i64) as f64 * micros_per_row) as i64)
             .collect();
         RecordBatch::try_new(
             self.schema.clone(),
@@ -70,6 +78,11 @@ impl RateSource {
 
 #[async_trait]
 impl Source for RateSource {
+    /// Each query has its own clock.
+    fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>> {
+        Ok(Arc::new(RateSource::new(self.rows_per_second)))
+    }
+
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -79,6 +92,9 @@ impl Source for RateSource {
     }
 
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
+        if let Some(start) = start {
+            self.base.get_or_init(|| start.as_u64().unwrap_or(0));
+        }
         let mut due = self.rows_due();
         if let ReadLimit::UpTo(cap) = &limit {
             due = due.min(count(Some(cap), "rate source")? as u64);

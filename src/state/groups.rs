@@ -133,6 +133,56 @@ impl GroupTable {
         self.locations.len()
     }
 
+    /// Slots of the groups with `keys`, new groups added (keys recorded, locations to be set by
+    /// the caller). Slots are dense and handed out in order of first appearance.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<Vec<usize>> {
+        let before = self.len();
+        let mut slot_of_row = Vec::with_capacity(rows);
+        if keys.is_empty() {
+            // No grouping keys: one group for everything.
+            slot_of_row.resize(rows, 0);
+            self.locations.resize(before.max(1), (0, 0));
+            return Ok(slot_of_row);
+        }
+        self.interner.intern(keys, &mut slot_of_row)?;
+        let total = self.interner.len();
+        if total > before {
+            let mut first_rows = Vec::with_capacity(total - before);
+            for (row, &slot) in slot_of_row.iter().enumerate() {
+                if slot == before + first_rows.len() {
+                    first_rows.push(row as u32);
+                }
+            }
+            let indices = UInt32Array::from(first_rows);
+            let new_keys = keys
+                .iter()
+                .map(|k| take(k.as_ref(), &indices, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+            self.key_starts.push(before);
+            self.keys.push(
+                RecordBatch::try_new(self.key_schema.clone(), new_keys)
+                    .map_err(|e| Error::Internal(format!("group keys: {e}")))?,
+            );
+            self.locations.resize(total, (0, 0));
+        }
+        Ok(slot_of_row)
+    }
+
+    /// Adds `chunk` of state rows; row `i` becomes the current row of `slots[i]`.
+    fn push_states(&mut self, chunk: RecordBatch, slots: &[usize]) -> Result<()> {
+        let chunk_index = self.states.len();
+        self.state_rows += chunk.num_rows();
+        self.states.push(chunk);
+        for (row, slot) in slots.iter().enumerate() {
+            self.locations[*slot] = (chunk_index, row);
+        }
+        if self.state_rows > COMPACT_MIN_ROWS && self.state_rows > COMPACT_GARBAGE_FACTOR * self.len() {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
     /// Merges partial states (one row per group and batch partition, `keys` beside `states`)
     /// into the table. Returns the slots touched, in order of first appearance.
     pub(crate) fn merge(
@@ -146,45 +196,18 @@ impl GroupTable {
             return Ok(Vec::new());
         }
         let before = self.len();
-        let mut slot_of_row = Vec::with_capacity(rows);
-        if keys.is_empty() {
-            // No grouping keys: one group for everything.
-            slot_of_row.resize(rows, 0);
-        } else {
-            self.interner.intern(keys, &mut slot_of_row)?;
-        }
-        // Slots are dense and handed out in order of first appearance.
+        let slot_of_row = self.intern(keys, rows)?;
         let mut touched: Vec<usize> = Vec::new();
         let mut local_of: HashMap<usize, usize> = HashMap::new();
-        let mut first_rows_of_new: Vec<u32> = Vec::new();
         let group_of_row: Vec<usize> = slot_of_row
             .iter()
-            .enumerate()
-            .map(|(row, &slot)| {
+            .map(|&slot| {
                 *local_of.entry(slot).or_insert_with(|| {
-                    if slot >= before {
-                        first_rows_of_new.push(row as u32);
-                    }
                     touched.push(slot);
                     touched.len() - 1
                 })
             })
             .collect();
-        let total_slots = if keys.is_empty() { 1 } else { self.interner.len() };
-        if !first_rows_of_new.is_empty() && !keys.is_empty() {
-            let indices = UInt32Array::from(first_rows_of_new.clone());
-            let new_keys = keys
-                .iter()
-                .map(|k| take(k.as_ref(), &indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
-            self.key_starts.push(before);
-            self.keys.push(
-                RecordBatch::try_new(self.key_schema.clone(), new_keys)
-                    .map_err(|e| Error::Internal(format!("group keys: {e}")))?,
-            );
-        }
-
         let old: Vec<usize> = touched.iter().copied().filter(|s| *s < before).collect();
         let old_states = self.states_of(&old)?;
         let old_groups: Vec<usize> = old.iter().map(|s| local_of[s]).collect();
@@ -196,17 +219,21 @@ impl GroupTable {
         }
         let chunk = RecordBatch::try_new(self.state_schema.clone(), merged)
             .map_err(|e| Error::Internal(format!("merged state: {e}")))?;
-        let chunk_index = self.states.len();
-        self.state_rows += chunk.num_rows();
-        self.states.push(chunk);
-        self.locations.resize(total_slots.max(self.locations.len()), (0, 0));
-        for (local, slot) in touched.iter().enumerate() {
-            self.locations[*slot] = (chunk_index, local);
-        }
-        if self.state_rows > COMPACT_MIN_ROWS && self.state_rows > COMPACT_GARBAGE_FACTOR * self.len() {
-            self.compact()?;
-        }
+        self.push_states(chunk, &touched)?;
         Ok(touched)
+    }
+
+    /// Sets the state rows of the groups with `keys` (one row each, keys distinct), replacing
+    /// what the table held for them: how a restored snapshot or delta is applied.
+    pub(crate) fn replace(&mut self, keys: &[ArrayRef], states: &[ArrayRef]) -> Result<()> {
+        let rows = states.first().or(keys.first()).map_or(0, |a| a.len());
+        if rows == 0 {
+            return Ok(());
+        }
+        let slots = self.intern(keys, rows)?;
+        let chunk = RecordBatch::try_new(self.state_schema.clone(), states.to_vec())
+            .map_err(|e| Error::Internal(format!("restored state: {e}")))?;
+        self.push_states(chunk, &slots)
     }
 
     /// State rows of `slots`, one column per state field.

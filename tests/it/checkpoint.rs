@@ -1,0 +1,401 @@
+//! Checkpoints: a query restarted over its checkpoint goes on where it stopped, re-runs a batch
+//! that was never committed, refuses a checkpoint it cannot use, and names damaged files.
+
+use std::path::Path;
+
+use crate::common::{push_json, query_rows, start};
+use tidewater::StreamingSession;
+
+/// A running count per word in complete mode, checkpointed in `checkpoint`, into the memory
+/// table `counts` (the memory sink starts empty after a restart, like the one it replaces).
+async fn counts(session: &StreamingSession, checkpoint: &Path, extra: &str) -> tidewater::StreamingQuery {
+    let _ = session.sql("DROP TABLE IF EXISTS counts").await;
+    start(
+        session,
+        &format!(
+            "CREATE TABLE counts WITH (connector = 'memory', output_mode = 'complete',
+               checkpoint_location = '{}'{extra});
+             INSERT INTO counts SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
+            checkpoint.display()
+        ),
+    )
+    .await
+}
+
+async fn words_stream(session: &StreamingSession) {
+    session
+        .sql("CREATE TABLE words (word VARCHAR, x INT) WITH (connector = 'memory')")
+        .await
+        .unwrap();
+}
+
+fn push(session: &StreamingSession, words: &[(&str, i32)]) {
+    let lines: Vec<String> = words
+        .iter()
+        .map(|(w, x)| format!(r#"{{"word": "{w}", "x": {x}}}"#))
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    push_json(session, "words", &lines);
+}
+
+async fn table(session: &StreamingSession) -> Vec<String> {
+    query_rows(session, "SELECT word, n, total FROM counts ORDER BY word").await
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_restarted_query_restores_its_state_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let query = counts(
+        &session,
+        &checkpoint,
+        ", state_partitions = '2', state_snapshot_interval = '2'",
+    )
+    .await;
+    for batch in 0..5 {
+        push(
+            &session,
+            &[("a", batch), ("b", 1), (if batch % 2 == 0 { "c" } else { "a" }, 10)],
+        );
+        query.process_all_available().await.unwrap();
+    }
+    let before = table(&session).await;
+    assert_eq!(before, ["a|7|30", "b|5|5", "c|3|30"]);
+    let id = query.id();
+    query.stop().await.unwrap();
+    assert_eq!(entries(&checkpoint.join("commits")).len(), 5);
+    assert_eq!(entries(&checkpoint.join("offsets")), ["0", "1", "2", "3", "4"]);
+
+    // Rows that arrive while the query is down are read after the restart, once.
+    push(&session, &[("b", 100), ("d", 1)]);
+    let query = counts(&session, &checkpoint, "").await;
+    assert_eq!(query.id(), id, "the query id comes from the checkpoint");
+    query.process_all_available().await.unwrap();
+    assert_eq!(table(&session).await, ["a|7|30", "b|6|105", "c|3|30", "d|1|1"]);
+    assert_eq!(query.last_progress().unwrap().batch_id, 5);
+    assert_eq!(query.last_progress().unwrap().num_input_rows, 2);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_logged_but_not_committed_runs_again_as_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let query = counts(&session, &checkpoint, ", state_partitions = '1'").await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    push(&session, &[("a", 2), ("b", 3)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    // As if the process died after logging batch 1 and writing its state, before the commit.
+    std::fs::remove_file(checkpoint.join("commits").join("1")).unwrap();
+    // Rows that came later are not part of batch 1: they make batch 2.
+    push(&session, &[("b", 4)]);
+
+    let query = counts(&session, &checkpoint, "").await;
+    query.process_all_available().await.unwrap();
+    let progress = query.recent_progress();
+    assert_eq!(progress[0].batch_id, 1, "batch 1 runs again");
+    assert_eq!(progress[0].num_input_rows, 2, "with exactly its logged rows");
+    assert_eq!(progress[1].batch_id, 2);
+    assert_eq!(progress[1].num_input_rows, 1);
+    assert_eq!(table(&session).await, ["a|2|3", "b|2|7"]);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let query = counts(&session, &checkpoint, ", state_partitions = '2'").await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    let location = checkpoint.display();
+    for (sql, expected) in [
+        (
+            format!(
+                "CREATE TABLE t1 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{location}');
+                 INSERT INTO t1 SELECT x, count(*) AS n, sum(x) AS total FROM words GROUP BY x"
+            ),
+            "the group keys changed from [word Utf8] to [x Int32]",
+        ),
+        (
+            format!(
+                "CREATE TABLE t2 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{location}');
+                 INSERT INTO t2 SELECT word, count(*) AS n, max(x) AS total FROM words GROUP BY word"
+            ),
+            "the aggregates changed",
+        ),
+        (
+            format!(
+                "CREATE TABLE t3 WITH (connector = 'memory', output_mode = 'complete', state_partitions = '3',
+                   checkpoint_location = '{location}');
+                 INSERT INTO t3 SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word"
+            ),
+            "state_partitions changed from 2 to 3",
+        ),
+        (
+            format!(
+                "CREATE TABLE t4 WITH (connector = 'memory', checkpoint_location = '{location}');
+                 INSERT INTO t4 SELECT upper(word) FROM words"
+            ),
+            "changed from state to no state",
+        ),
+    ] {
+        let error = session.run_script(&sql).await.expect_err(&sql).to_string();
+        assert!(error.contains(expected), "{sql}\n  gave: {error}\n  expected: {expected}");
+        assert!(error.contains("cp/metadata"), "names the checkpoint: {error}");
+    }
+
+    // Another projection after the aggregation and another trigger keep the state usable.
+    let query = start(
+        &session,
+        &format!(
+            "CREATE TABLE t5 WITH (connector = 'memory', output_mode = 'complete', trigger = '50 milliseconds',
+               checkpoint_location = '{location}');
+             INSERT INTO t5 SELECT upper(word) AS w, n * 10 AS n10 FROM
+               (SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word)"
+        ),
+    )
+    .await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    assert_eq!(query_rows(&session, "SELECT * FROM t5").await, ["A|20"]);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn damaged_checkpoint_files_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let query = counts(&session, &checkpoint, ", state_partitions = '1'").await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    // A truncated state file: the query fails naming it, and nothing starts afresh.
+    let delta = checkpoint.join("state/0/0/0.delta");
+    let bytes = std::fs::read(&delta).unwrap();
+    std::fs::write(&delta, &bytes[..bytes.len() / 2]).unwrap();
+    let query = counts(&session, &checkpoint, "").await;
+    let error = query
+        .await_termination(None)
+        .await
+        .expect_err("damaged state")
+        .to_string();
+    assert!(
+        error.contains("state/0/0/0.delta") && error.contains("damaged or truncated"),
+        "{error}"
+    );
+    std::fs::write(&delta, &bytes).unwrap();
+
+    // A damaged offsets entry: refused at start.
+    std::fs::write(checkpoint.join("offsets/0"), b"{ not json").unwrap();
+    let error = session
+        .run_script(&format!(
+            "DROP TABLE IF EXISTS counts; CREATE TABLE again WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{}');
+             INSERT INTO again SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
+            checkpoint.display()
+        ))
+        .await
+        .expect_err("damaged offsets")
+        .to_string();
+    assert!(error.contains("offsets/0") && error.contains("damaged"), "{error}");
+
+    // Commits without offsets: not a state a crash leaves, so an error too.
+    std::fs::remove_file(checkpoint.join("offsets/0")).unwrap();
+    let error = session
+        .run_script(&format!(
+            "CREATE TABLE again2 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{}');
+             INSERT INTO again2 SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
+            checkpoint.display()
+        ))
+        .await
+        .expect_err("commit without offsets")
+        .to_string();
+    assert!(error.contains("offsets log is empty"), "{error}");
+}
+
+#[tokio::test]
+async fn old_checkpoint_files_are_cleaned_up_and_the_rest_still_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let options = ", state_partitions = '1', state_snapshot_interval = '3', min_batches_to_retain = '4'";
+    let query = counts(&session, &checkpoint, options).await;
+    let mut expected = std::collections::BTreeMap::new();
+    for batch in 0..31 {
+        let word = ["a", "b", "c", "d", "e"][batch % 5];
+        push(&session, &[(word, batch as i32)]);
+        let entry = expected.entry(word).or_insert((0, 0));
+        *entry = (entry.0 + 1, entry.1 + batch as i32);
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+    let offsets = entries(&checkpoint.join("offsets"));
+    assert!(
+        offsets.len() <= 14 && offsets.contains(&"30".to_string()),
+        "{offsets:?}"
+    );
+    let state = entries(&checkpoint.join("state/0/0"));
+    // Snapshots are made in the background (one at a time), so where they fall varies a little;
+    // files that no version from the retained ones needs are gone either way.
+    let versions: Vec<u64> = state
+        .iter()
+        .map(|f| f.split('.').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(versions.iter().all(|v| *v >= 12), "old state files deleted: {state:?}");
+    assert!(state.iter().any(|f| f.ends_with(".snapshot")), "{state:?}");
+
+    let query = counts(&session, &checkpoint, options).await;
+    push(&session, &[("a", 1000)]);
+    query.process_all_available().await.unwrap();
+    expected.get_mut("a").map(|e| *e = (e.0 + 1, e.1 + 1000)).unwrap();
+    let want: Vec<String> = expected.iter().map(|(w, (n, t))| format!("{w}|{n}|{t}")).collect();
+    assert_eq!(table(&session).await, want);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_url_checkpoint_lives_as_long_as_the_session() {
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let sql = "CREATE TABLE counts WITH (connector = 'memory', output_mode = 'complete',
+                 checkpoint_location = 'memory:///checkpoints/words');
+               INSERT INTO counts SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word";
+    let query = start(&session, sql).await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    session.sql("DROP TABLE counts").await.unwrap();
+    let query = start(&session, sql).await;
+    push(&session, &[("a", 2)]);
+    query.process_all_available().await.unwrap();
+    assert_eq!(table(&session).await, ["a|2|3"]);
+    query.stop().await.unwrap();
+}
+
+/// The files each run reads from `input`, through the DataFrame API with Spark's option names.
+async fn read_new_files(input: &Path, checkpoint: &Path) -> (Vec<String>, u64) {
+    let session = StreamingSession::new();
+    let schema = std::sync::Arc::new(tidewater::arrow::datatypes::Schema::new(vec![
+        tidewater::arrow::datatypes::Field::new("n", tidewater::arrow::datatypes::DataType::Int64, true),
+    ]));
+    let query = session
+        .read_stream()
+        .format("json")
+        .schema(schema)
+        .option("maxFilesPerTrigger", 1)
+        .load(&input.display().to_string())
+        .await
+        .unwrap()
+        .write_stream()
+        .format("memory")
+        .query_name("seen")
+        .option("checkpointLocation", checkpoint.display())
+        .trigger(tidewater::Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    assert!(query.await_termination(None).await.unwrap());
+    let last_batch = query.last_progress().map_or(0, |p| p.batch_id);
+    (query_rows(&session, "SELECT n FROM seen ORDER BY n").await, last_batch)
+}
+
+#[tokio::test]
+async fn a_files_source_never_reads_a_file_twice_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, checkpoint) = (dir.path().join("in"), dir.path().join("cp"));
+    std::fs::create_dir(&input).unwrap();
+    crate::common::drop_file(&input, "a.json", b"{\"n\": 1}\n{\"n\": 2}\n");
+    crate::common::drop_file(&input, "b.json", b"{\"n\": 3}\n");
+    assert_eq!(
+        read_new_files(&input, &checkpoint).await,
+        (vec!["1".into(), "2".into(), "3".into()], 1)
+    );
+
+    // A new file, and an old one written again under the same name: only the new one is read.
+    crate::common::drop_file(&input, "c.json", b"{\"n\": 4}\n");
+    crate::common::drop_file(&input, "a.json", b"{\"n\": 100}\n");
+    assert_eq!(read_new_files(&input, &checkpoint).await, (vec!["4".into()], 2));
+    let logged = entries(&checkpoint.join("sources/0"));
+    assert_eq!(
+        logged,
+        ["0.compact", "1", "2"],
+        "the source's own log of files per batch"
+    );
+}
+
+#[tokio::test]
+async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    for (sink, location) in [
+        (
+            format!("connector = 'files', path = '{}'", dir.path().join("out").display()),
+            "",
+        ),
+        (
+            format!(
+                "connector = 'database', url = 'sqlite://{}', table = 't'",
+                dir.path().join("db").display()
+            ),
+            ", checkpoint_location = 'none'",
+        ),
+    ] {
+        let error = session
+            .sql(&format!("CREATE TABLE s WITH ({sink}{location})"))
+            .await
+            .expect_err("an exactly-once sink without a checkpoint")
+            .to_string();
+        assert!(error.contains("needs option 'checkpoint_location'"), "{error}");
+    }
+
+    // A memory sink without a location checkpoints into a temporary directory, removed at the end.
+    let query = start(
+        &session,
+        "CREATE TABLE plain WITH (connector = 'memory', output_mode = 'complete');
+         INSERT INTO plain SELECT word, count(*) AS n FROM words GROUP BY word",
+    )
+    .await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    let temporary: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tidewater-checkpoint-"))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.join("metadata").exists()
+                && std::fs::read_to_string(p.join("metadata"))
+                    .unwrap()
+                    .contains(query.id())
+        })
+        .collect();
+    assert_eq!(temporary.len(), 1, "one temporary checkpoint for the query");
+    query.stop().await.unwrap();
+    assert!(!temporary[0].exists(), "removed when the query stopped");
+}
