@@ -8,17 +8,26 @@
 //! with `.` or `_`, or end in `._COPYING_` or `.tmp`, are files still being written or metadata,
 //! and are ignored.
 //!
+//! A directory that a files sink writes (it has a `_tidewater_metadata/` manifest log, see
+//! [`crate::storage`]) is read through its manifest instead: each committed batch's files join the
+//! log in batch order, so a downstream query sees each batch once and never a partial one, and
+//! columns of the stream named by the sink's `column=value/` directories are filled from them.
+//!
 //! Files of one batch are fetched and decoded concurrently (decoding on the blocking pool), and
 //! come out in log order.
 
 mod decode;
+mod log;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
@@ -28,8 +37,9 @@ use futures::{StreamExt, TryStreamExt};
 pub(crate) use decode::CORRUPT_RECORD_COLUMN;
 use decode::{DecodePlan, Decoded};
 
-use super::{Offset, ReadLimit, Source, count, project_schema};
+use super::{Offset, ReadLimit, Source, SourceLog, count, project_schema};
 use crate::error::{Error, Result};
+use crate::storage::{self, Location};
 
 /// The format of the files in a watched directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,11 +91,8 @@ pub struct FilesSourceConfig {
 #[derive(Debug)]
 pub struct FilesSource {
     config: FilesSourceConfig,
-    store: Arc<dyn ObjectStore>,
-    /// The watched directory inside `store`.
-    directory: Path,
-    /// For local directories, the path on disk, to say clearly when it does not exist.
-    local_directory: Option<std::path::PathBuf>,
+    /// The watched directory.
+    location: Location,
     /// Files in the order they are read; offset `n` means "the first `n` files of the log".
     log: Mutex<FileLog>,
     malformed: AtomicU64,
@@ -96,6 +103,10 @@ pub struct FilesSource {
 struct FileLog {
     files: Vec<Path>,
     seen: HashSet<Path>,
+    /// The directory is a files sink's output: files come from its manifest, not a listing.
+    sink_output: bool,
+    /// The last manifest entry whose files are in the log.
+    last_entry: Option<u64>,
 }
 
 impl FilesSource {
@@ -126,37 +137,10 @@ impl FilesSource {
         {
             return Err(Error::plan(format!("column {CORRUPT_RECORD_COLUMN} must be VARCHAR")));
         }
-        let (store, directory, local_directory): (Arc<dyn ObjectStore>, Path, _) = match url::Url::parse(&config.path) {
-            Ok(url) if url.scheme().len() > 1 => {
-                let (store, path) = datafusion::object_store::parse_url(&url).map_err(|e| Error::ObjectStore {
-                    context: format!("opening '{}'", config.path),
-                    error: e,
-                })?;
-                let local = (url.scheme() == "file").then(|| std::path::PathBuf::from(url.path()));
-                (Arc::from(store), path, local)
-            }
-            // Not a URL (or a Windows drive letter): a local path, relative to the working directory.
-            _ => {
-                let absolute = std::path::absolute(&config.path).map_err(|e| Error::Io {
-                    context: format!("resolving path '{}'", config.path),
-                    error: e,
-                })?;
-                let path = Path::from_absolute_path(&absolute).map_err(|e| Error::ObjectStore {
-                    context: format!("path '{}'", config.path),
-                    error: e.into(),
-                })?;
-                (
-                    Arc::new(datafusion::object_store::local::LocalFileSystem::new()) as Arc<dyn ObjectStore>,
-                    path,
-                    Some(absolute),
-                )
-            }
-        };
+        let location = storage::resolve(&config.path)?;
         Ok(FilesSource {
             config,
-            store,
-            directory,
-            local_directory,
+            location,
             log: Mutex::default(),
             malformed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -167,9 +151,13 @@ impl FilesSource {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lists the directory and appends files not seen before to the log, oldest first.
+    /// Lists the directory and appends files not seen before to the log, oldest first; or, for a
+    /// files sink's output, the files of batches committed since the last call, in batch order.
     async fn discover(&self) -> Result<()> {
-        if let Some(dir) = &self.local_directory
+        if self.lock().sink_output {
+            return self.discover_committed().await;
+        }
+        if let Some(dir) = &self.location.local
             && !dir.is_dir()
         {
             return Err(Error::Input {
@@ -179,13 +167,20 @@ impl FilesSource {
             });
         }
         let listing = self
+            .location
             .store
-            .list_with_delimiter(Some(&self.directory))
+            .list_with_delimiter(Some(&self.location.path))
             .await
             .map_err(|e| Error::ObjectStore {
                 context: format!("listing '{}'", self.config.path),
                 error: e,
             })?;
+        let metadata = storage::metadata_dir(&self.location.path);
+        if listing.common_prefixes.contains(&metadata) {
+            tracing::debug!(directory = %self.config.path, "reading a files sink's output through its manifest");
+            self.lock().sink_output = true;
+            return self.discover_committed().await;
+        }
         let mut fresh: Vec<_> = {
             let log = self.lock();
             listing
@@ -205,10 +200,42 @@ impl FilesSource {
         Ok(())
     }
 
+    /// Appends the files of manifest entries not read before, skipping entries that a later
+    /// complete entry replaced.
+    async fn discover_committed(&self) -> Result<()> {
+        let after = self.lock().last_entry;
+        let Location { store, path, .. } = &self.location;
+        let Some(entries) = storage::read_manifest(store, path, &self.config.path, after).await? else {
+            return Ok(());
+        };
+        let mut files = Vec::new();
+        for entry in storage::visible(&entries) {
+            for file in &entry.files {
+                files.push(storage::file_path(path, &file.path)?);
+            }
+        }
+        let mut log = self.lock();
+        for file in files {
+            if log.seen.insert(file.clone()) {
+                tracing::debug!(file = %file, "new committed file");
+                log.files.push(file);
+            }
+        }
+        if let Some(last) = entries.last() {
+            log.last_entry = Some(last.batch_id);
+        }
+        Ok(())
+    }
+
     fn display(&self, location: &Path) -> String {
-        match &self.local_directory {
-            Some(_) => format!("/{location}"),
-            None => location.to_string(),
+        self.location.display_file(location)
+    }
+
+    /// The `column=value` directories of a file of a files sink's (partitioned) output.
+    fn partitions_of(&self, location: &Path) -> Vec<(String, Option<String>)> {
+        match location.prefix_match(&self.location.path) {
+            Some(relative) => storage::partition_values(relative),
+            None => Vec::new(),
         }
     }
 }
@@ -229,6 +256,11 @@ fn describe_columns(schema: &SchemaRef) -> String {
 
 #[async_trait]
 impl Source for FilesSource {
+    /// Each query keeps its own log of files, restored from its own checkpoint.
+    fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>> {
+        Ok(Arc::new(FilesSource::try_new(self.config.clone())?))
+    }
+
     fn schema(&self) -> SchemaRef {
         self.config.schema.clone()
     }
@@ -284,9 +316,10 @@ impl Source for FilesSource {
         let decoded: Vec<_> = futures::stream::iter(files)
             .map(|location| {
                 let plan = plan.clone();
-                let store = source.store.clone();
+                let store = source.location.store.clone();
                 let name = source.display(&location);
-                async move { read_file(store, location, name, plan).await }
+                let partitions = source.partitions_of(&location);
+                async move { read_file(store, location, name, plan, partitions).await }
             })
             .buffered(parallelism)
             .try_collect()
@@ -299,6 +332,29 @@ impl Source for FilesSource {
         }
         let stream = futures::stream::iter(batches.into_iter().map(Ok));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    async fn persist(&self, log: &dyn SourceLog, batch_id: u64, start: Option<&Offset>, end: &Offset) -> Result<()> {
+        let (from, to) = (count(start, "files source")?, count(Some(end), "files source")?);
+        let from = if log::compacts(batch_id) { 0 } else { from };
+        let files = self
+            .lock()
+            .files
+            .get(from..to)
+            .ok_or_else(|| Error::Internal(format!("files source has no files {from}..{to} in its log")))?
+            .to_vec();
+        log::persist(log, batch_id, &files).await
+    }
+
+    async fn restore(&self, log: &dyn SourceLog) -> Result<()> {
+        let files = log::restore(log).await?;
+        let mut state = self.lock();
+        for file in files {
+            if state.seen.insert(file.clone()) {
+                state.files.push(file);
+            }
+        }
+        Ok(())
     }
 
     fn metrics(&self) -> BTreeMap<String, String> {
@@ -320,6 +376,7 @@ async fn read_file(
     location: Path,
     name: String,
     plan: Arc<DecodePlan>,
+    partitions: Vec<(String, Option<String>)>,
 ) -> Result<Decoded> {
     let bytes = match store.get(&location).await {
         Ok(result) => result.bytes().await,
@@ -338,7 +395,77 @@ async fn read_file(
             error: other,
         },
     })?;
-    tokio::task::spawn_blocking(move || plan.decode(&name, bytes))
+    tokio::task::spawn_blocking(move || decode_partitioned(&plan, &name, bytes, &partitions))
         .await
         .map_err(|e| Error::Internal(format!("decoding task: {e}")))?
+}
+
+/// Decodes one file; the columns its `column=value` directories name come from the path (a files
+/// sink leaves them out of the files), cast from text to their declared types.
+fn decode_partitioned(
+    plan: &DecodePlan,
+    file: &str,
+    bytes: Bytes,
+    partitions: &[(String, Option<String>)],
+) -> Result<Decoded> {
+    let output = &plan.output;
+    let from_path: Vec<(usize, Option<&str>)> = output
+        .fields()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, field)| {
+            let (_, value) = partitions.iter().find(|(column, _)| column == field.name())?;
+            Some((i, value.as_deref()))
+        })
+        .collect();
+    if from_path.is_empty() {
+        return plan.decode(file, bytes);
+    }
+    let in_file: Vec<_> = output
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !from_path.iter().any(|(p, _)| p == i))
+        .map(|(_, f)| f.clone())
+        .collect();
+    let inner = DecodePlan::new(plan.format.clone(), plan.mode, Arc::new(Schema::new(in_file)));
+    let mut decoded = inner.decode(file, bytes)?;
+    let input_error = |message: String| Error::Input {
+        file: file.to_string(),
+        line: None,
+        message,
+    };
+    let strict = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    decoded.batches = decoded
+        .batches
+        .into_iter()
+        .map(|batch| {
+            let rows = batch.num_rows();
+            let mut columns = batch.columns().to_vec();
+            // In ascending position, so each column lands where the output has it.
+            for (i, value) in &from_path {
+                let field = output.field(*i);
+                let text: ArrayRef = Arc::new(StringArray::from(vec![*value; rows]));
+                let column = cast_with_options(&text, field.data_type(), &strict).map_err(|e| {
+                    input_error(format!(
+                        "partition directory value '{}' of column '{}' is not a {}: {e}",
+                        value.unwrap_or(storage::HIVE_DEFAULT_PARTITION),
+                        field.name(),
+                        field.data_type()
+                    ))
+                })?;
+                columns.insert(*i, column);
+            }
+            RecordBatch::try_new_with_options(
+                output.clone(),
+                columns,
+                &RecordBatchOptions::new().with_row_count(Some(rows)),
+            )
+            .map_err(|e| input_error(format!("partition columns: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    Ok(decoded)
 }
