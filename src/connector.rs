@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::error::{Error, Result};
 use crate::query::Trigger;
-use crate::sink::OutputMode;
+use crate::sink::{OutputMode, SinkFormat};
 use crate::source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, RateSource, Source};
 
 /// A connector's name and the options it accepts.
@@ -37,7 +37,20 @@ const SOURCE_CONNECTORS: &[Connector] = &[
 ];
 
 /// Sink connectors and the options each accepts, besides [`QUERY_OPTIONS`].
-const SINK_CONNECTORS: &[Connector] = &[("console", &["num_rows", "truncate"]), ("memory", &[])];
+const SINK_CONNECTORS: &[Connector] = &[
+    ("console", &["num_rows", "truncate"]),
+    ("memory", &[]),
+    ("files", &["path", "format", "partition_by"]),
+    ("database", &["url", "table", "key"]),
+];
+
+/// File formats the files sink writes; each also works as a sink connector name, so that
+/// `.format("parquet").option("path", ..)` means the files sink, as in Spark.
+const SINK_FILE_FORMATS: &[(&str, SinkFormat)] = &[
+    ("parquet", SinkFormat::Parquet),
+    ("csv", SinkFormat::Csv),
+    ("json", SinkFormat::Json),
+];
 
 /// Options of the streaming query that writes to a sink, valid for every sink.
 const QUERY_OPTIONS: &[&str] = &[
@@ -46,6 +59,8 @@ const QUERY_OPTIONS: &[&str] = &[
     "checkpoint_location",
     "query_name",
     "state_partitions",
+    "state_snapshot_interval",
+    "min_batches_to_retain",
 ];
 
 /// Option names are case-insensitive; values are kept as written.
@@ -64,8 +79,19 @@ impl Options {
         }
     }
 
+    /// Sets option `key`. Spark's camelCase names (`checkpointLocation`, `maxFilesPerTrigger`)
+    /// mean the same as ours (`checkpoint_location`, `max_files_per_trigger`).
     pub(crate) fn insert(&mut self, key: &str, value: impl Into<String>) {
-        self.values.insert(key.to_ascii_lowercase(), value.into());
+        let mut name = String::with_capacity(key.len() + 4);
+        let mut previous = ' ';
+        for c in key.chars() {
+            if c.is_ascii_uppercase() && previous.is_ascii_lowercase() {
+                name.push('_');
+            }
+            name.push(c.to_ascii_lowercase());
+            previous = c;
+        }
+        self.values.insert(name, value.into());
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -272,23 +298,59 @@ pub(crate) struct SinkDefinition {
 
 #[derive(Debug, Clone)]
 pub(crate) enum SinkKind {
-    Console { num_rows: usize, truncate: bool },
+    Console {
+        num_rows: usize,
+        truncate: bool,
+    },
+    /// A table in SQLite, PostgreSQL or MySQL.
+    Database {
+        /// The connection URL (`sqlite://`, `postgres://`, `mysql://`).
+        url: String,
+        /// The table written to.
+        table: String,
+        /// The `key` option: the columns that identify a row (upsert key, primary key).
+        key: Option<Vec<String>>,
+    },
     Memory,
+    /// Parquet, CSV or JSON files in a directory, committed through a manifest log.
+    Files {
+        /// The directory: a local path or an object store URL.
+        path: String,
+        /// The files' format.
+        format: SinkFormat,
+        /// Columns whose values name the `column=value/` directories rows go to.
+        partition_by: Vec<String>,
+    },
+}
+
+impl SinkKind {
+    /// Refuses an output mode this sink cannot serve, saying why.
+    pub(crate) fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
+        match self {
+            SinkKind::Files { .. } => crate::sink::files::check_output_mode(mode),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The options of the query that writes to a sink.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct QueryOptions {
     pub(crate) output_mode: OutputMode,
     pub(crate) trigger: Trigger,
     pub(crate) checkpoint_location: Option<String>,
     pub(crate) query_name: Option<String>,
-    /// Shards of a stateful query's state (`None`: one per core).
+    /// Shards of a stateful query's state (`None`: one per core, or what the checkpoint says).
     pub(crate) state_partitions: Option<usize>,
+    /// A state snapshot every this many batches.
+    pub(crate) state_snapshot_interval: usize,
+    /// The last this many batches stay recoverable; older checkpoint files are deleted.
+    pub(crate) min_batches_to_retain: usize,
 }
 
 /// Reads a sink's options.
 pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefinition> {
+    let options = &files_format_as_connector(options)?;
     let (connector, own) = options.connector(SINK_CONNECTORS)?;
     let valid: Vec<&str> = own.iter().chain(QUERY_OPTIONS).copied().collect();
     options.check_known(connector, &valid)?;
@@ -297,6 +359,43 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             num_rows: options.positive("num_rows")?.unwrap_or(20),
             truncate: options.boolean("truncate")?.unwrap_or(true),
         },
+        "database" => {
+            let url = options.required("url")?.trim().to_string();
+            if !crate::sink::database::is_supported_url(&url) {
+                return Err(options.error(format!(
+                    "option 'url' must start with sqlite://, postgres:// or mysql:// (got '{}')",
+                    url.split("://").next().unwrap_or_default()
+                )));
+            }
+            let table = options.required("table")?.to_string();
+            if table.trim().is_empty() {
+                return Err(options.error("option 'table' must name a table"));
+            }
+            let key = options
+                .get("key")
+                .map(|k| crate::sink::database::parse_key(k).map_err(|m| options.error(format!("option 'key': {m}"))))
+                .transpose()?;
+            SinkKind::Database { url, table, key }
+        }
+        "files" => {
+            let partition_by = options
+                .get("partition_by")
+                .map(|columns| {
+                    columns
+                        .split(',')
+                        .map(|c| c.trim().to_string())
+                        .filter(|c| !c.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default();
+            SinkKind::Files {
+                path: options.required("path")?.to_string(),
+                format: options
+                    .choice("format", SINK_FILE_FORMATS)?
+                    .unwrap_or(SinkFormat::Parquet),
+                partition_by,
+            }
+        }
         _ => SinkKind::Memory,
     };
     let output_mode = options
@@ -309,6 +408,24 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             ],
         )?
         .unwrap_or_default();
+    // Exactly-once sinks skip the batch ids they already have, so a restarted query must go on
+    // with its batch ids: that needs a checkpoint.
+    if matches!(kind, SinkKind::Files { .. } | SinkKind::Database { .. })
+        && options
+            .get("checkpoint_location")
+            .is_none_or(|l| l.trim() == crate::checkpoint::NO_CHECKPOINT)
+    {
+        let hint = match connector {
+            "files" => " (a files table without a column list is a sink; with one, it is a stream)",
+            _ => "",
+        };
+        return Err(options.error(format!(
+            "the {connector} sink needs option 'checkpoint_location' (a path or URL): it writes each batch \
+             once by its id, so a restarted query must go on with its batch ids{hint}"
+        )));
+    }
+    kind.check_output_mode(output_mode)
+        .map_err(|e| options.error(e.to_string()))?;
     let trigger = match options.get("trigger") {
         None => Trigger::default(),
         Some(text) => parse_trigger(text).map_err(|m| options.error(format!("option 'trigger' = '{text}': {m}")))?,
@@ -322,8 +439,32 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             checkpoint_location: options.get("checkpoint_location").map(str::to_string),
             query_name: options.get("query_name").map(str::to_string),
             state_partitions: options.positive("state_partitions")?,
+            state_snapshot_interval: options.positive("state_snapshot_interval")?.unwrap_or(10),
+            min_batches_to_retain: options.positive("min_batches_to_retain")?.unwrap_or(100),
         },
     })
+}
+
+/// `connector = 'parquet'` (or csv, json) as `connector = 'files', format = 'parquet'`.
+fn files_format_as_connector(options: &Options) -> Result<Options> {
+    let connector = options.get("connector").map(|c| c.trim().to_ascii_lowercase());
+    let Some((format, _)) = SINK_FILE_FORMATS
+        .iter()
+        .find(|(name, _)| connector.as_deref() == Some(*name))
+    else {
+        return Ok(options.clone());
+    };
+    if let Some(other) = options.get("format")
+        && !other.trim().eq_ignore_ascii_case(format)
+    {
+        return Err(options.error(format!(
+            "connector '{format}' writes {format} files, but option 'format' = '{other}'"
+        )));
+    }
+    let mut options = options.clone();
+    options.insert("connector", "files");
+    options.insert("format", format.to_string());
+    Ok(options)
 }
 
 /// Parses a trigger: `available_now`, `once`, or a processing-time interval such as `'2 seconds'`.

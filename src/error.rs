@@ -97,6 +97,30 @@ pub enum Error {
         error: std::io::Error,
     },
 
+    /// A checkpoint file is unreadable or does not fit the others: the checkpoint is damaged.
+    /// Tidewater never starts afresh over it; move it away to start over on purpose.
+    #[error("checkpoint file '{file}': {message}")]
+    Checkpoint {
+        /// The file (path or URL).
+        file: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A database sink failed: its database refused a statement or could not be reached (after
+    /// retries, for failures that pass), or its table does not fit the query's output.
+    #[error("{database}, table '{table}': {message}")]
+    Database {
+        /// Which database, e.g. `PostgreSQL postgres://app@db:5432/analytics` (never a password).
+        database: String,
+        /// The sink's table.
+        table: String,
+        /// What went wrong: the database's own message, or which columns do not fit.
+        message: String,
+        /// Whether the table's shape or the options are at fault (rather than the database).
+        user: bool,
+    },
+
     /// A bug: an invariant of Tidewater did not hold. Please report it.
     #[error("internal error (this is a bug in Tidewater, please report it): {0}")]
     Internal(String),
@@ -118,7 +142,9 @@ impl Error {
                 },
                 _ => ErrorKind::User,
             },
-            Error::ObjectStore { .. } | Error::Io { .. } => ErrorKind::External,
+            Error::ObjectStore { .. } | Error::Io { .. } | Error::Checkpoint { .. } => ErrorKind::External,
+            Error::Database { user: true, .. } => ErrorKind::User,
+            Error::Database { user: false, .. } => ErrorKind::External,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -73,7 +73,8 @@ impl DataStreamReader {
         self
     }
 
-    /// A source option, with the same names as in SQL (`max_files_per_trigger`, `mode`, ...).
+    /// A source option, with the same names as in SQL (`max_files_per_trigger`, `mode`, ...);
+    /// Spark's camelCase spellings (`maxFilesPerTrigger`) work too.
     pub fn option(mut self, key: &str, value: impl ToString) -> Self {
         self.options.push((key.to_string(), value.to_string()));
         self
@@ -275,7 +276,8 @@ impl DataStreamWriter {
         self
     }
 
-    /// A sink option, with the same names as in SQL (`num_rows`, `truncate`, `checkpoint_location`).
+    /// A sink option, with the same names as in SQL (`num_rows`, `truncate`, `checkpoint_location`);
+    /// Spark's camelCase spellings (`checkpointLocation`) work too.
     pub fn option(mut self, key: &str, value: impl ToString) -> Self {
         self.options.push((key.to_string(), value.to_string()));
         self

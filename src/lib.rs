@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! source ──offsets──▶ driver loop ──batch N──▶ batch plan ──▶ stateful operator ──▶ post plan ──▶ sink.add_batch(N)
-//!    ▲                    │              (DataFusion,    (merges partial       (DataFusion)          │
-//!    │                    │               partial agg.)   states; watermarks)                        │
-//!    └── read(start, end) ◀───────────────── offsets committed after the sink ◀──────────────────────┘
+//!    ▲                 │     │         (DataFusion,    (merges partial       (DataFusion)          │
+//!    │                 │     │          partial agg.)   states; watermarks)                        │
+//!    │      offsets/N ◀┘     │                               │ state delta N                       │
+//!    │      (before)         └──── commits/N (after) ◀───────┴─────────────────────────────────────┘
+//!    └── read(start, end): the same rows again when batch N is re-run after a crash
 //! ```
 //!
 //! # Examples
@@ -57,14 +59,19 @@
 //!   stateful operator and post plan, and the binding of each batch's rows. No I/O, no tasks.
 //!   Uses `operator`, `source` (for scans).
 //! - `operator`: stateful operators (aggregation, session windows, state shards). Uses `state`.
-//! - `state`: state kept between batches, as Arrow arrays (group tables). Depends on `error` only.
+//! - `state`: state kept between batches, as Arrow arrays (group tables), and the state store
+//!   that writes its versions as delta and snapshot files. Uses `checkpoint` (its folders only).
+//! - `checkpoint`: the checkpoint's folders, metadata, offsets and commits logs and the recovery
+//!   decision; knows nothing of operators. Uses `source` (offsets).
 //! - `source`: the [`Source`] trait and the files, memory and rate sources. Depends on `error` only.
-//! - `sink`: the [`Sink`] trait and the console and memory sinks. Depends on `error` only.
+//! - `sink`: the [`Sink`] trait and the console, memory, files and database sinks. Uses `storage`.
+//! - `storage`: object store locations for files read and written.
 //! - `query`: the only module with tasks and time: the micro-batch loop, the
-//!   [`StreamingQuery`] handle, triggers, watermarks, progress. Uses `planner`, `operator`,
-//!   `source`, `sink`.
+//!   [`StreamingQuery`] handle, triggers, watermarks, progress, and when the checkpoint is written.
+//!   Uses `planner`, `operator`, `state`, `checkpoint`, `source`, `sink`.
 //! - `error`: the one error type.
 
+pub(crate) mod checkpoint;
 pub(crate) mod connector;
 mod error;
 mod frame;
@@ -76,6 +83,7 @@ pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod sql;
 pub(crate) mod state;
+pub(crate) mod storage;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};
@@ -88,6 +96,7 @@ pub use session::{StatementOutcome, StreamingSession};
 pub use sink::{ConsoleSink, MemorySink, OutputMode, Sink};
 pub use source::{
     FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, Offset, RateSource, ReadLimit, Source,
+    SourceLog,
 };
 pub use sql::Watermark;
 

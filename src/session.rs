@@ -17,11 +17,12 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 
-use crate::connector::{self, Options, SinkDefinition, SinkKind};
+use crate::checkpoint::{Checkpoint, Metadata, Recovery, check_compatible};
+use crate::connector::{self, Options, QueryOptions, SinkDefinition, SinkKind};
 use crate::error::{Error, Result};
 use crate::frame::{DataStreamReader, StreamingDataFrame};
 use crate::planner::{IncrementalPlan, StreamTable, contains_stream, first_stream};
-use crate::query::driver::Driver;
+use crate::query::driver::{Driver, Retention};
 use crate::query::{QueryShared, StreamingQuery};
 use crate::sink::{ConsoleSink, MemorySink, Sink};
 use crate::source::{MemoryStream, Source};
@@ -109,6 +110,15 @@ impl StreamingSession {
         ctx.add_analyzer_rule(Arc::new(crate::sql::sessions::StaticSessionWindows));
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");
+        }
+        // `memory://` is one in-memory store for the session's lifetime: checkpoints there survive a
+        // query's restart within the process (tests, notebooks).
+        if let Ok(url) = url::Url::parse("memory://") {
+            ctx.register_object_store(&url, Arc::new(datafusion::object_store::memory::InMemory::new()));
+        }
+        // `CREATE EXTERNAL TABLE` over a files sink's output reads the files it committed, no others.
+        for factory in ctx.state_ref().write().table_factories_mut().values_mut() {
+            *factory = Arc::new(crate::sink::CommittedFilesFactory::new(factory.clone()));
         }
         StreamingSession {
             inner: Arc::new(Inner {
@@ -227,6 +237,9 @@ impl StreamingSession {
             }
             Parsed::Insert { statement, .. } | Parsed::Other(statement) => {
                 let plan = self.plan_statement(statement).await?;
+                if let LogicalPlan::Ddl(DdlStatement::DropTable(drop)) = &plan {
+                    return self.drop_table(drop).await;
+                }
                 if let Some(stream) = first_stream(&plan) {
                     return Err(Error::plan(format!(
                         "'{stream}' is a stream: a query over it runs as a streaming query, started with \
@@ -236,6 +249,23 @@ impl StreamingSession {
                 Ok(StatementOutcome::Rows(self.inner.ctx.execute_logical_plan(plan).await?))
             }
         }
+    }
+
+    /// `DROP TABLE`, for sinks and streams too. A sink a running query writes to stays.
+    async fn drop_table(&self, drop: &datafusion::logical_expr::DropTable) -> Result<StatementOutcome> {
+        let name = drop.name.table();
+        if self.active_queries().iter().any(|q| q.name() == Some(name)) {
+            return Err(Error::plan(format!(
+                "query '{name}' is running: stop it before dropping its table"
+            )));
+        }
+        let was_sink = lock(&self.inner.sinks).remove(name).is_some();
+        lock(&self.inner.memory_streams).remove(name);
+        if was_sink && !self.inner.ctx.table_exist(name)? {
+            return Ok(StatementOutcome::Done);
+        }
+        let plan = LogicalPlan::Ddl(DdlStatement::DropTable(drop.clone()));
+        Ok(StatementOutcome::Rows(self.inner.ctx.execute_logical_plan(plan).await?))
     }
 
     /// `INSERT INTO <memory stream> VALUES ... | SELECT ...`: the rows become one new batch of the
@@ -404,9 +434,6 @@ impl StreamingSession {
         if self.active_queries().iter().any(|q| q.name() == Some(name.as_str())) {
             return Err(Error::plan(format!("a query named '{name}' is already running")));
         }
-        if let Some(location) = &options.checkpoint_location {
-            tracing::warn!(%location, "checkpoint_location is accepted but this version keeps no checkpoints: a restart starts over");
-        }
         let mut state = self.inner.ctx.state();
         // Keep each batch's rows in source order: a stateless batch is too small to gain from
         // round-robin repartitioning, and users expect output in input order.
@@ -416,6 +443,8 @@ impl StreamingSession {
             .optimizer
             .enable_round_robin_repartition = false;
         let incremental = IncrementalPlan::new(&state, &plan, options.output_mode).await?;
+        let (checkpoint, metadata, recovery) = self.open_checkpoint(&incremental, options).await?;
+        let query_id = metadata.id.clone();
         let sink: Arc<dyn Sink> = match &definition.kind {
             SinkKind::Memory => {
                 let table = Arc::new(MemorySink::new(name.clone(), incremental.schema()));
@@ -424,16 +453,33 @@ impl StreamingSession {
                 table
             }
             SinkKind::Console { num_rows, truncate } => Arc::new(ConsoleSink::new(*num_rows, *truncate)),
+            SinkKind::Files {
+                path,
+                format,
+                partition_by,
+            } => Arc::new(crate::sink::FileSink::try_new(
+                path,
+                *format,
+                partition_by,
+                &incremental.schema(),
+                options.output_mode,
+            )?),
+            SinkKind::Database { url, table, key } => Arc::new(
+                crate::sink::database::DatabaseSink::connect(crate::sink::database::DatabaseSinkConfig {
+                    url: url.clone(),
+                    table: table.clone(),
+                    key: key.clone(),
+                    grouping_key: incremental.output_keys(),
+                    schema: incremental.schema(),
+                    output_mode: options.output_mode,
+                    query_id: query_id.clone(),
+                })
+                .await?,
+            ),
         };
-        let state_partitions = options
-            .state_partitions
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let state_partitions = metadata.state_partitions;
         let explained = incremental.explain(state_partitions);
-        let shared = Arc::new(QueryShared::new(
-            uuid::Uuid::new_v4().to_string(),
-            Some(name),
-            explained,
-        ));
+        let shared = Arc::new(QueryShared::new(query_id, Some(name), explained));
         let query = StreamingQuery::new(shared.clone());
         let driver = Driver {
             shared,
@@ -443,9 +489,56 @@ impl StreamingSession {
             trigger: options.trigger,
             state_partitions,
             state,
+            checkpoint,
+            recovery,
+            retention: Retention {
+                snapshot_interval: options.state_snapshot_interval as u64,
+                min_batches: options.min_batches_to_retain as u64,
+            },
         };
         tokio::spawn(driver.run());
         lock(&self.inner.queries).push(query.clone());
         Ok(query)
+    }
+
+    /// The query's checkpoint (a temporary one without `checkpoint_location`), its metadata
+    /// (written when new, checked against the query otherwise) and where the query starts.
+    async fn open_checkpoint(
+        &self,
+        plan: &IncrementalPlan,
+        options: &QueryOptions,
+    ) -> Result<(Checkpoint, Metadata, Recovery)> {
+        let checkpoint = match &options.checkpoint_location {
+            Some(location) => Checkpoint::open(location, self.inner.ctx.runtime_env().as_ref())?,
+            None => {
+                let checkpoint = Checkpoint::temporary()?;
+                tracing::info!(
+                    location = %checkpoint.location(),
+                    "no checkpoint_location: using a temporary checkpoint, removed when the query stops; \
+                     a restart starts over"
+                );
+                checkpoint
+            }
+        };
+        let sources = plan.sources().iter().map(|s| s.description()).collect();
+        let shape = plan.state_shape();
+        let metadata = match checkpoint.metadata().await? {
+            Some(stored) => {
+                let partitions = options.state_partitions.unwrap_or(stored.state_partitions);
+                let current = Metadata::new(stored.id.clone(), partitions, sources, shape);
+                check_compatible(&stored, &current, &format!("{}/metadata", checkpoint.location()))?;
+                stored
+            }
+            None => {
+                let partitions = options
+                    .state_partitions
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                let metadata = Metadata::new(uuid::Uuid::new_v4().to_string(), partitions, sources, shape);
+                checkpoint.write_metadata(&metadata).await?;
+                metadata
+            }
+        };
+        let recovery = checkpoint.recover().await?;
+        Ok((checkpoint, metadata, recovery))
     }
 }

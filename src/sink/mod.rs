@@ -2,8 +2,10 @@
 //!
 //! The driver hands each batch's output to [`Sink::add_batch`] together with the batch id. A sink
 //! that promises exactly-once makes `add_batch` idempotent per batch id: after a crash the driver
-//! re-runs the last uncommitted batch with the same id and the same rows. One sink per file:
-//! [`console`] prints, [`memory`] keeps the result as a table the session can query.
+//! re-runs the last uncommitted batch with the same id and the same rows. One sink per file (or
+//! directory): [`console`] prints, [`memory`] keeps the result as a table the session can query,
+//! [`database`] writes into a table of SQLite, PostgreSQL or MySQL in one transaction per batch.
+//! [`files`] writes Parquet, CSV or JSON files that readers see batch by batch, each batch once.
 
 use std::fmt::Debug;
 
@@ -14,9 +16,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 pub(crate) mod console;
+pub(crate) mod database;
+pub(crate) mod files;
 pub(crate) mod memory;
 
 pub use console::ConsoleSink;
+pub(crate) use files::{CommittedFilesFactory, FileSink, SinkFormat};
 pub use memory::MemorySink;
 
 /// Which rows of the result table a batch writes to the sink (Spark's output modes).

@@ -64,3 +64,14 @@ pub(crate) fn drop_file(dir: &std::path::Path, name: &str, content: &[u8]) {
     std::fs::write(&staging, content).unwrap();
     std::fs::rename(&staging, dir.join(name)).unwrap();
 }
+
+/// The URL in environment variable `var`, or `None` after saying that the test is skipped.
+pub(crate) fn env_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            println!("skipped: {var} is not set");
+            None
+        }
+    }
+}

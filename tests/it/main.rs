@@ -4,8 +4,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod aggregation;
+mod checkpoint;
 mod cli;
 mod common;
+mod crash;
+mod database;
+mod file_sink;
 mod files;
 mod frame;
 mod options;
