@@ -74,6 +74,23 @@ async fn finish(write: Option<Background>) -> Result<()> {
     }
 }
 
+/// After batch `batch_id` committed: old checkpoint entries go and a state snapshot is made when
+/// due, both in the background.
+fn clean_up(checkpoint: &Checkpoint, store: Option<&StateStore>, retention: Retention, batch_id: u64) {
+    let oldest_kept = (batch_id + 1).saturating_sub(retention.min_batches);
+    if let Some(store) = store {
+        store.maintain(batch_id, oldest_kept);
+    }
+    if batch_id.is_multiple_of(CLEAN_EVERY) && oldest_kept > 0 {
+        let checkpoint = checkpoint.clone();
+        tokio::spawn(async move {
+            if let Err(e) = checkpoint.clean_logs(oldest_kept).await {
+                tracing::warn!(error = %e, "could not delete old checkpoint entries");
+            }
+        });
+    }
+}
+
 /// Old checkpoint entries are looked for every this many batches.
 const CLEAN_EVERY: u64 = 10;
 
@@ -173,18 +190,18 @@ impl Driver {
         }
         let mut operator = self.plan.new_operator(self.state_partitions)?;
         let store = match (&operator, self.checkpoint.state_dir()) {
-            (Some(op), Some(dir)) => Some(StateStore::new(
+            (Some(op), Some(dir)) => Some(Arc::new(StateStore::new(
                 dir.child("0"),
                 op.len(),
                 self.retention.snapshot_interval,
-            )),
+            ))),
             _ => None,
         };
         let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
 
         self.shared.set_status("Restoring from the checkpoint", false, true);
         let (mut watermarks, mut batch_id, mut replay) =
-            self.recover(&mut cursors, operator.as_mut(), store.as_ref()).await?;
+            self.recover(&mut cursors, operator.as_mut(), store.as_deref()).await?;
         if self.trigger == Trigger::AvailableNow {
             for cursor in &mut cursors {
                 cursor.cap = cursor.source.latest_offset(None, ReadLimit::All).await?;
@@ -205,6 +222,7 @@ impl Driver {
 
                 let replaying = replay.is_some();
                 let mut logging: Option<Background> = None;
+                let mut changes = None;
                 let (ends, batch_time) = match replay.take() {
                     // A batch logged but never committed runs again exactly as logged.
                     Some(entry) => {
@@ -247,7 +265,6 @@ impl Driver {
                         // then the offsets. The writes run while the batch is read and processed.
                         let now = chrono::Utc::now();
                         let batch_time = chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-                        finish(pending_commit.take()).await?;
                         let entry = OffsetEntry {
                             batch_id,
                             batch_timestamp_ms: batch_time.timestamp_millis(),
@@ -266,7 +283,10 @@ impl Driver {
                             })
                             .collect();
                         let checkpoint = self.checkpoint.clone();
+                        let previous = pending_commit.take();
                         logging = Some(tokio::spawn(async move {
+                            // The previous batch's commit lands first: the logs never have a gap.
+                            finish(previous).await?;
                             for (source, log, start, end) in sources {
                                 source.persist(&log, batch_id, start.as_ref(), &end).await?;
                             }
@@ -317,18 +337,15 @@ impl Driver {
                             operator_metrics = Some(metrics);
                             let output = execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?;
                             finish(logging.take()).await?;
-                            let sink = self.sink.add_batch(batch_id, self.output_mode, output);
-                            match &store {
-                                // The sink takes the output while the state's new version is written.
-                                Some(store) => {
-                                    let changes = operator.changes()?;
-                                    tokio::try_join!(sink, store.write(batch_id, changes))?.0
-                                }
+                            // The state's changes are written after the batch, with its commit.
+                            changes = match &store {
+                                Some(_) => Some(operator.changes()?),
                                 None => {
                                     operator.discard_changes();
-                                    sink.await?
+                                    None
                                 }
-                            }
+                            };
+                            self.sink.add_batch(batch_id, self.output_mode, output).await?
                         }
                         _ => {
                             let output = execute_stream(bound, self.state.task_ctx())?;
@@ -365,11 +382,17 @@ impl Driver {
                         .collect(),
                     next_watermark: watermarks.current,
                 };
-                // The commit is written while the next batch starts; it lands before that batch is
-                // logged (or the query ends), so the logs never have a gap.
-                let checkpoint = self.checkpoint.clone();
-                pending_commit = Some(tokio::spawn(async move { checkpoint.write_commit(&commit).await }));
-                self.clean_up(batch_id, store.as_ref());
+                // State version N and the commit are written while the next batch runs; the next
+                // batch's offsets entry waits for them, so the logs never have a gap.
+                let (checkpoint, store, retention) = (self.checkpoint.clone(), store.clone(), self.retention);
+                pending_commit = Some(tokio::spawn(async move {
+                    if let (Some(store), Some(changes)) = (&store, changes) {
+                        store.write(batch_id, changes).await?;
+                    }
+                    checkpoint.write_commit(&commit).await?;
+                    clean_up(&checkpoint, store.as_deref(), retention, batch_id);
+                    Ok(())
+                }));
                 self.record_progress(Report {
                     batch_id,
                     watermark: batch_watermark,
@@ -452,23 +475,6 @@ impl Driver {
             tracing::info!(batch_id = offsets.batch_id, checkpoint = %self.checkpoint.location(), "restored from checkpoint");
         }
         Ok((watermarks, next, replay))
-    }
-
-    /// After batch `batch_id` committed: old checkpoint entries go and a state snapshot is made
-    /// when due, both in the background.
-    fn clean_up(&self, batch_id: u64, store: Option<&StateStore>) {
-        let oldest_kept = (batch_id + 1).saturating_sub(self.retention.min_batches);
-        if let Some(store) = store {
-            store.maintain(batch_id, oldest_kept);
-        }
-        if batch_id.is_multiple_of(CLEAN_EVERY) && oldest_kept > 0 {
-            let checkpoint = self.checkpoint.clone();
-            tokio::spawn(async move {
-                if let Err(e) = checkpoint.clean_logs(oldest_kept).await {
-                    tracing::warn!(error = %e, "could not delete old checkpoint entries");
-                }
-            });
-        }
     }
 
     /// Sleeps for `wait`, or less when the query is stopped (or, if `wakeable`, woken).
