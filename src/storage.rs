@@ -20,6 +20,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::object_store::path::{Path, PathPart};
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use futures::{StreamExt, TryStreamExt};
@@ -64,16 +66,33 @@ impl Location {
 /// # Errors
 /// A URL whose scheme has no object store in this build, or a path that cannot be made absolute.
 pub(crate) fn resolve(location: &str) -> Result<Location> {
+    resolve_in(location, None)
+}
+
+/// Like [`resolve`], but a URL is first looked up in `runtime`'s object store registry, so stores
+/// the application registered (and the session's `memory://`) are used.
+pub(crate) fn resolve_in(location: &str, runtime: Option<&RuntimeEnv>) -> Result<Location> {
     match url::Url::parse(location) {
         // A one-letter scheme is a Windows drive letter: a local path.
         Ok(url) if url.scheme().len() > 1 => {
-            let (store, path) = datafusion::object_store::parse_url(&url).map_err(|e| Error::ObjectStore {
-                context: format!("opening '{location}'"),
-                error: e,
-            })?;
+            let registered = runtime.and_then(|r| {
+                let base = ObjectStoreUrl::parse(&url[..url::Position::BeforePath]).ok()?;
+                let store = r.object_store(base).ok()?;
+                Some((store, Path::from_url_path(url.path()).ok()?))
+            });
+            let (store, path) = match registered {
+                Some(found) => found,
+                None => {
+                    let (store, path) = datafusion::object_store::parse_url(&url).map_err(|e| Error::ObjectStore {
+                        context: format!("opening '{location}'"),
+                        error: e,
+                    })?;
+                    (Arc::from(store), path)
+                }
+            };
             let local = (url.scheme() == "file").then(|| PathBuf::from(url.path()));
             Ok(Location {
-                store: Arc::from(store),
+                store,
                 path,
                 display: location.to_string(),
                 local,

@@ -20,11 +20,8 @@
 
 mod dir;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use datafusion::object_store::path::Path;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -159,30 +156,8 @@ impl Checkpoint {
                 temporary: None,
             });
         }
-        let root = match url::Url::parse(location) {
-            Ok(url) if url.scheme().len() > 1 => {
-                let store = match runtime.object_store(datafusion::execution::object_store::ObjectStoreUrl::parse(
-                    &url[..url::Position::BeforePath],
-                )?) {
-                    Ok(store) => store,
-                    Err(_) => {
-                        let (store, _) = datafusion::object_store::parse_url(&url).map_err(|e| Error::ObjectStore {
-                            context: format!("opening checkpoint location '{location}'"),
-                            error: e,
-                        })?;
-                        Arc::from(store)
-                    }
-                };
-                let path = Path::from_url_path(url.path()).map_err(|e| Error::ObjectStore {
-                    context: format!("checkpoint location '{location}'"),
-                    error: e.into(),
-                })?;
-                Dir::new(store, path, location.trim_end_matches('/'))
-            }
-            _ => local(std::path::Path::new(location), location)?,
-        };
         Ok(Checkpoint {
-            root: Some(root),
+            root: Some(folder(location, Some(runtime))?),
             temporary: None,
         })
     }
@@ -194,9 +169,8 @@ impl Checkpoint {
             context: format!("creating temporary checkpoint '{}'", path.display()),
             error: e,
         })?;
-        let display = path.display().to_string();
         Ok(Checkpoint {
-            root: Some(local(&path, &display)?),
+            root: Some(folder(&path.display().to_string(), None)?),
             temporary: Some(path),
         })
     }
@@ -362,22 +336,16 @@ impl Checkpoint {
     }
 }
 
-/// A checkpoint folder on the local disk (created when missing).
-fn local(path: &std::path::Path, display: &str) -> Result<Dir> {
-    std::fs::create_dir_all(path).map_err(|e| Error::Io {
-        context: format!("creating checkpoint location '{display}'"),
-        error: e,
-    })?;
-    let absolute = std::path::absolute(path).map_err(|e| Error::Io {
-        context: format!("resolving checkpoint location '{display}'"),
-        error: e,
-    })?;
-    let store = Arc::new(datafusion::object_store::local::LocalFileSystem::new());
-    let path = Path::from_absolute_path(&absolute).map_err(|e| Error::ObjectStore {
-        context: format!("checkpoint location '{display}'"),
-        error: e.into(),
-    })?;
-    Ok(Dir::new(store, path, display.trim_end_matches('/')))
+/// The checkpoint folder at `location` (created when it is a missing local directory).
+fn folder(location: &str, runtime: Option<&RuntimeEnv>) -> Result<Dir> {
+    let resolved = crate::storage::resolve_in(location, runtime)?;
+    if let Some(local) = &resolved.local {
+        std::fs::create_dir_all(local).map_err(|e| Error::Io {
+            context: format!("creating checkpoint location '{location}'"),
+            error: e,
+        })?;
+    }
+    Ok(Dir::new(resolved.store, resolved.path, location.trim_end_matches('/')))
 }
 
 /// Refuses to restart a query over a checkpoint whose state it could not use, naming what

@@ -147,6 +147,16 @@ impl FilesSource {
         })
     }
 
+    /// Files `from..to` of the log.
+    fn files(&self, from: usize, to: usize) -> Result<Vec<Path>> {
+        Ok(self
+            .lock()
+            .files
+            .get(from..to)
+            .ok_or_else(|| Error::Internal(format!("files source has no files {from}..{to} in its log")))?
+            .to_vec())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, FileLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -299,12 +309,7 @@ impl Source for FilesSource {
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream> {
         let (from, to) = (count(start, "files source")?, count(Some(end), "files source")?);
-        let files = self
-            .lock()
-            .files
-            .get(from..to)
-            .ok_or_else(|| Error::Internal(format!("files source has no files {from}..{to} in its log")))?
-            .to_vec();
+        let files = self.files(from, to)?;
         let schema = project_schema(&self.config.schema, projection)?;
         let plan = Arc::new(DecodePlan::new(
             self.config.format.clone(),
@@ -337,12 +342,7 @@ impl Source for FilesSource {
     async fn persist(&self, log: &dyn SourceLog, batch_id: u64, start: Option<&Offset>, end: &Offset) -> Result<()> {
         let (from, to) = (count(start, "files source")?, count(Some(end), "files source")?);
         let from = if log::compacts(batch_id) { 0 } else { from };
-        let files = self
-            .lock()
-            .files
-            .get(from..to)
-            .ok_or_else(|| Error::Internal(format!("files source has no files {from}..{to} in its log")))?
-            .to_vec();
+        let files = self.files(from, to)?;
         log::persist(log, batch_id, &files).await
     }
 
