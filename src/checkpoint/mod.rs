@@ -20,6 +20,8 @@
 
 mod dir;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use serde::de::DeserializeOwned;
@@ -141,8 +143,9 @@ pub(crate) const NO_CHECKPOINT: &str = "none";
 pub(crate) struct Checkpoint {
     /// `None` when checkpoints are off: nothing is written, a restart starts over.
     root: Option<Dir>,
-    /// A temporary checkpoint's directory on the local disk, removed when the query ends.
-    temporary: Option<std::path::PathBuf>,
+    /// A temporary checkpoint's directory on the local disk, removed when the last clone of
+    /// the checkpoint is dropped: when the query ends, however it ends.
+    _temporary: Option<Arc<TemporaryDir>>,
 }
 
 impl Checkpoint {
@@ -153,12 +156,12 @@ impl Checkpoint {
         if location == NO_CHECKPOINT {
             return Ok(Checkpoint {
                 root: None,
-                temporary: None,
+                _temporary: None,
             });
         }
         Ok(Checkpoint {
             root: Some(folder(location, Some(runtime))?),
-            temporary: None,
+            _temporary: None,
         })
     }
 
@@ -171,22 +174,13 @@ impl Checkpoint {
         })?;
         Ok(Checkpoint {
             root: Some(folder(&path.display().to_string(), None)?),
-            temporary: Some(path),
+            _temporary: Some(Arc::new(TemporaryDir(path))),
         })
     }
 
     /// Where the checkpoint is, as the user gave it (or the temporary directory).
     pub(crate) fn location(&self) -> &str {
         self.root.as_ref().map_or(NO_CHECKPOINT, Dir::location)
-    }
-
-    /// Removes a temporary checkpoint; a no-op for others.
-    pub(crate) fn remove_temporary(&self) {
-        if let Some(path) = &self.temporary
-            && let Err(e) = std::fs::remove_dir_all(path)
-        {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove the temporary checkpoint");
-        }
     }
 
     /// The folder of the state files (`None` without checkpoints).
@@ -333,6 +327,18 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+}
+
+/// A directory removed when dropped.
+#[derive(Debug)]
+struct TemporaryDir(std::path::PathBuf);
+
+impl Drop for TemporaryDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "could not remove the temporary checkpoint");
+        }
     }
 }
 

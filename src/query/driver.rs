@@ -145,10 +145,8 @@ impl Driver {
     /// Runs the loop to its end and records how it ended.
     pub(crate) async fn run(self) {
         let shared = self.shared.clone();
-        let checkpoint = self.checkpoint.clone();
         let span = tracing::info_span!("query", name = %shared.label(), id = %shared.id);
         let result = self.run_loop().instrument(span).await;
-        checkpoint.remove_temporary();
         let outcome = match result {
             Ok(()) => {
                 shared.set_status("Stopped", false, false);
