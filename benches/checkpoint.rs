@@ -92,6 +92,7 @@ fn main() {
 
         let mut without = Duration::MAX;
         let mut with = Duration::MAX;
+        let mut in_memory = Duration::MAX;
         // Alternate the two, best of three each, so neither gets a warmer machine.
         for round in 0..3 {
             let session = StreamingSession::new();
@@ -101,6 +102,16 @@ fn main() {
                 .expect("stream");
             let query = start(&session, "none").await;
             without = without.min(run(&session, &query, &batches).await);
+            query.stop().await.expect("stop");
+
+            // The same checkpoint in memory: what the encoding and bookkeeping cost without a disk.
+            let session = StreamingSession::new();
+            session
+                .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
+                .await
+                .expect("stream");
+            let query = start(&session, &format!("memory:///checkpoint-{round}")).await;
+            in_memory = in_memory.min(run(&session, &query, &batches).await);
             query.stop().await.expect("stop");
 
             let session = StreamingSession::new();
@@ -139,10 +150,11 @@ fn main() {
         let overhead = with.as_secs_f64() / without.as_secs_f64() - 1.0;
         println!(
             "update batch ({UPDATES_PER_BATCH} of {KEYS} groups): {:.1} ms without checkpoint, {:.1} ms with: \
-             overhead {:.0}% (target < 20%)",
+             overhead {:.0}% (target < 20%); {:.1} ms with the checkpoint in memory",
             without.as_secs_f64() * 1000.0,
             with.as_secs_f64() * 1000.0,
-            overhead * 100.0
+            overhead * 100.0,
+            in_memory.as_secs_f64() * 1000.0
         );
     });
 }
