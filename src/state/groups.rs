@@ -12,7 +12,7 @@
 //! (one per batch); `locations[slot]` says where a slot's current row is. Superseded rows are
 //! garbage until the chunks are compacted, which happens when garbage outweighs live rows.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
@@ -198,7 +198,7 @@ impl GroupTable {
         let before = self.len();
         let slot_of_row = self.intern(keys, rows)?;
         let mut touched: Vec<usize> = Vec::new();
-        let mut local_of: HashMap<usize, usize> = HashMap::new();
+        let mut local_of: HashMap<usize, usize> = HashMap::with_capacity(rows);
         let group_of_row: Vec<usize> = slot_of_row
             .iter()
             .map(|&slot| {

@@ -13,7 +13,7 @@
 //! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file, how many leading
 //! columns form the key) travels in the file's custom metadata.
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
@@ -319,8 +319,8 @@ pub(crate) fn fold(files: &[StateFile]) -> Result<StateFile> {
     let keys_of = |file: &StateFile| converter.convert_columns(&file.rows.columns()[1..key_columns]);
 
     // The latest row of each key among the deltas, by bucket, and the buckets they dropped.
-    let mut latest: HashMap<i64, RowsByKey> = HashMap::new();
-    let mut removed: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut latest: HashMap<i64, RowsByKey> = HashMap::default();
+    let mut removed: datafusion::common::HashSet<i64> = datafusion::common::HashSet::default();
     for (index, file) in deltas.iter().enumerate() {
         for bucket in &file.removed {
             latest.remove(bucket);
