@@ -64,6 +64,20 @@ async fn start(session: &StreamingSession, checkpoint: &str) -> StreamingQuery {
     }
 }
 
+/// A fresh session and query checkpointed at `checkpoint`, run over `batches`: the mean update
+/// batch time, and the session (whose stream holds the input) for a restart.
+async fn timed(checkpoint: &str, batches: &[RecordBatch]) -> (Duration, StreamingSession) {
+    let session = StreamingSession::new();
+    session
+        .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
+        .await
+        .expect("stream");
+    let query = start(&session, checkpoint).await;
+    let time = run(&session, &query, batches).await;
+    query.stop().await.expect("stop");
+    (time, session)
+}
+
 /// Runs every batch; returns the mean time of the update batches after the warm-up (snapshots,
 /// made every 10 batches in the background, included).
 async fn run(session: &StreamingSession, query: &StreamingQuery, batches: &[RecordBatch]) -> Duration {
@@ -93,36 +107,14 @@ fn main() {
         let mut without = Duration::MAX;
         let mut with = Duration::MAX;
         let mut in_memory = Duration::MAX;
-        // Alternate the two, best of three each, so neither gets a warmer machine.
+        // Alternate the variants, best of three each, so none gets a warmer machine.
         for round in 0..3 {
-            let session = StreamingSession::new();
-            session
-                .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
-                .await
-                .expect("stream");
-            let query = start(&session, "none").await;
-            without = without.min(run(&session, &query, &batches).await);
-            query.stop().await.expect("stop");
-
+            without = without.min(timed("none", &batches).await.0);
             // The same checkpoint in memory: what the encoding and bookkeeping cost without a disk.
-            let session = StreamingSession::new();
-            session
-                .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
-                .await
-                .expect("stream");
-            let query = start(&session, &format!("memory:///checkpoint-{round}")).await;
-            in_memory = in_memory.min(run(&session, &query, &batches).await);
-            query.stop().await.expect("stop");
-
-            let session = StreamingSession::new();
-            session
-                .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
-                .await
-                .expect("stream");
+            in_memory = in_memory.min(timed(&format!("memory:///checkpoint-{round}"), &batches).await.0);
             let location = format!("{checkpoint}-{round}");
-            let query = start(&session, &location).await;
-            with = with.min(run(&session, &query, &batches).await);
-            query.stop().await.expect("stop");
+            let (time, session) = timed(&location, &batches).await;
+            with = with.min(time);
 
             if round == 2 {
                 // Recovery: a new query over the checkpoint restores 1M groups, then runs a batch.

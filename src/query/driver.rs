@@ -162,27 +162,32 @@ impl Driver {
     }
 
     async fn run_loop(self) -> Result<()> {
-        // One cursor per distinct source; a source scanned twice (a self-union) is read twice.
-        let mut cursors: Vec<SourceCursor> = Vec::new();
+        // One cursor per distinct source, in the order the checkpoint lists their offsets; a
+        // source scanned twice (a self-union) is read twice.
+        let mut cursors: Vec<SourceCursor> = self
+            .plan
+            .sources()
+            .into_iter()
+            .map(|source| SourceCursor {
+                source,
+                committed: None,
+                cap: None,
+                delay: None,
+                max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
+                idle_timeout: None,
+                last_data: Instant::now(),
+            })
+            .collect();
         let mut scan_cursor = Vec::new();
         for scan in self.plan.scans() {
-            let index = match cursors.iter().position(|c| Arc::ptr_eq(&c.source, &scan.source)) {
-                Some(i) => i,
-                None => {
-                    cursors.push(SourceCursor {
-                        source: scan.source.clone(),
-                        committed: None,
-                        cap: None,
-                        delay: None,
-                        max_event_time: Arc::new(AtomicI64::new(i64::MIN)),
-                        idle_timeout: scan.idle_timeout,
-                        last_data: Instant::now(),
-                    });
-                    cursors.len() - 1
-                }
-            };
+            let index = cursors
+                .iter()
+                .position(|c| Arc::ptr_eq(&c.source, &scan.source))
+                .ok_or_else(|| Error::Internal("a scan of a source the plan does not list".into()))?;
+            let cursor = &mut cursors[index];
+            cursor.idle_timeout = cursor.idle_timeout.or(scan.idle_timeout);
             if let Some((watermark, _)) = &scan.watermark {
-                cursors[index].delay = Some(watermark.delay.as_nanos() as i64);
+                cursor.delay = Some(watermark.delay.as_nanos() as i64);
             }
             scan_cursor.push(index);
         }

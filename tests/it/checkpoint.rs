@@ -6,20 +6,36 @@ use std::path::Path;
 use crate::common::{push_json, query_rows, start};
 use tidewater::StreamingSession;
 
-/// A running count per word in complete mode, checkpointed in `checkpoint`, into the memory
-/// table `counts` (the memory sink starts empty after a restart, like the one it replaces).
-async fn counts(session: &StreamingSession, checkpoint: &Path, extra: &str) -> tidewater::StreamingQuery {
-    let _ = session.sql("DROP TABLE IF EXISTS counts").await;
-    start(
-        session,
-        &format!(
-            "CREATE TABLE counts WITH (connector = 'memory', output_mode = 'complete',
-               checkpoint_location = '{}'{extra});
-             INSERT INTO counts SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
-            checkpoint.display()
-        ),
+/// The script of a running count per word in complete mode, checkpointed in `checkpoint`, into
+/// the memory table `counts` (the memory sink starts empty after a restart, like the one it
+/// replaces).
+fn counts_script(checkpoint: &Path, extra: &str) -> String {
+    format!(
+        "DROP TABLE IF EXISTS counts;
+         CREATE TABLE counts WITH (connector = 'memory', output_mode = 'complete',
+           checkpoint_location = '{}'{extra});
+         INSERT INTO counts SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
+        checkpoint.display()
     )
-    .await
+}
+
+/// Starts [`counts_script`].
+async fn counts(session: &StreamingSession, checkpoint: &Path, extra: &str) -> tidewater::StreamingQuery {
+    start(session, &counts_script(checkpoint, extra)).await
+}
+
+/// A session whose checkpoint `cp` (in the returned directory) holds one committed batch of the
+/// running count, with `partitions` state shards.
+async fn one_committed_batch(partitions: usize) -> (tempfile::TempDir, std::path::PathBuf, StreamingSession) {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    words_stream(&session).await;
+    let query = counts(&session, &checkpoint, &format!(", state_partitions = '{partitions}'")).await;
+    push(&session, &[("a", 1)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+    (dir, checkpoint, session)
 }
 
 async fn words_stream(session: &StreamingSession) {
@@ -120,14 +136,7 @@ async fn a_batch_logged_but_not_committed_runs_again_as_logged() {
 
 #[tokio::test]
 async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("cp");
-    let session = StreamingSession::new();
-    words_stream(&session).await;
-    let query = counts(&session, &checkpoint, ", state_partitions = '2'").await;
-    push(&session, &[("a", 1)]);
-    query.process_all_available().await.unwrap();
-    query.stop().await.unwrap();
+    let (_dir, checkpoint, session) = one_committed_batch(2).await;
 
     let location = checkpoint.display();
     for (sql, expected) in [
@@ -185,14 +194,7 @@ async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_cha
 
 #[tokio::test]
 async fn damaged_checkpoint_files_are_errors_naming_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let checkpoint = dir.path().join("cp");
-    let session = StreamingSession::new();
-    words_stream(&session).await;
-    let query = counts(&session, &checkpoint, ", state_partitions = '1'").await;
-    push(&session, &[("a", 1)]);
-    query.process_all_available().await.unwrap();
-    query.stop().await.unwrap();
+    let (_dir, checkpoint, session) = one_committed_batch(1).await;
 
     // A truncated state file: the query fails naming it, and nothing starts afresh.
     let delta = checkpoint.join("state/0/0/0.delta");
@@ -213,11 +215,7 @@ async fn damaged_checkpoint_files_are_errors_naming_the_file() {
     // A damaged offsets entry: refused at start.
     std::fs::write(checkpoint.join("offsets/0"), b"{ not json").unwrap();
     let error = session
-        .run_script(&format!(
-            "DROP TABLE IF EXISTS counts; CREATE TABLE again WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{}');
-             INSERT INTO again SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
-            checkpoint.display()
-        ))
+        .run_script(&counts_script(&checkpoint, ""))
         .await
         .expect_err("damaged offsets")
         .to_string();
@@ -226,11 +224,7 @@ async fn damaged_checkpoint_files_are_errors_naming_the_file() {
     // Commits without offsets: not a state a crash leaves, so an error too.
     std::fs::remove_file(checkpoint.join("offsets/0")).unwrap();
     let error = session
-        .run_script(&format!(
-            "CREATE TABLE again2 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{}');
-             INSERT INTO again2 SELECT word, count(*) AS n, sum(x) AS total FROM words GROUP BY word",
-            checkpoint.display()
-        ))
+        .run_script(&counts_script(&checkpoint, ""))
         .await
         .expect_err("commit without offsets")
         .to_string();
