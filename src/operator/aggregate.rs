@@ -14,16 +14,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches, interleave};
+use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch, take_rows};
+use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
-use crate::state::groups::Aggregates;
-use crate::state::store::BUCKET_COLUMN;
+use crate::state::groups::{Aggregates, Merged};
+use crate::state::store::{file_schema, state_rows};
 use crate::state::{GroupTable, StateFile};
 
 /// The bucket of groups that have no event-time key: never closed by a watermark.
@@ -49,8 +49,8 @@ pub(crate) struct StatefulAggregate {
     event_time: Option<EventTimeKey>,
     /// Groups by window end in nanoseconds ([`NO_WINDOW`] without an event-time key).
     buckets: BTreeMap<i64, GroupTable>,
-    /// Slots changed since the last [`StatefulOperator::changes`], by bucket.
-    dirty: BTreeMap<i64, Vec<usize>>,
+    /// Groups merged since the last [`StatefulOperator::changes`], by bucket, in merge order.
+    changed: Vec<(i64, Merged)>,
     /// Buckets evicted since the last [`StatefulOperator::changes`].
     removed: Vec<i64>,
     /// The columns of a state file: the bucket, the keys, the states.
@@ -73,11 +73,7 @@ impl StatefulAggregate {
         let state_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
             fields[key_count..fields.len() - 1].to_vec(),
         ));
-        let file_schema = Arc::new(Schema::new(
-            std::iter::once(Arc::new(Field::new(BUCKET_COLUMN, DataType::Int64, false)))
-                .chain(fields[..fields.len() - 1].iter().cloned())
-                .collect::<Vec<_>>(),
-        ));
+        let file_schema = file_schema(fields[..fields.len() - 1].iter().cloned());
         Ok(StatefulAggregate {
             aggregates: Aggregates::try_new(exprs)?,
             key_schema,
@@ -85,7 +81,7 @@ impl StatefulAggregate {
             output_schema,
             event_time,
             buckets: BTreeMap::new(),
-            dirty: BTreeMap::new(),
+            changed: Vec::new(),
             removed: Vec::new(),
             file_schema,
         })
@@ -111,55 +107,47 @@ impl StatefulOperator for StatefulAggregate {
     ) -> Result<(RecordBatch, OperatorMetrics)> {
         let mut metrics = OperatorMetrics::default();
         let key_count = self.key_schema.fields().len();
-        let mut touched: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-        for batch in partial.iter().filter(|b| b.num_rows() > 0) {
+        let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
+        // Rows `(batch, row)` of each bucket, leaving out late rows and rows without event time.
+        let mut by_bucket: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
+        for (index, batch) in partial.iter().enumerate() {
             let columns = batch.columns();
             let rows_column = columns[columns.len() - 1].as_primitive::<Int64Type>();
-            let buckets = self.bucket_of_rows(batch)?;
-            // Rows of each bucket, leaving out late rows and rows without event time.
-            let mut by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-            for (row, bucket) in buckets.iter().enumerate() {
+            for (row, bucket) in self.bucket_of_rows(batch)?.into_iter().enumerate() {
                 let input_rows = rows_column.value(row) as u64;
                 match bucket {
                     None => metrics.null_event_time += input_rows,
-                    Some(end) if *end != NO_WINDOW && late_watermark.is_some_and(|w| *end <= w) => {
+                    Some(end) if end != NO_WINDOW && late_watermark.is_some_and(|w| end <= w) => {
                         metrics.dropped_by_watermark += input_rows
                     }
-                    Some(end) => by_bucket.entry(*end).or_default().push(row as u32),
+                    Some(end) => by_bucket.entry(end).or_default().push((index, row)),
                 }
             }
-            for (end, rows) in by_bucket {
-                let indices = UInt32Array::from(rows);
-                let keys = take_rows(&columns[..key_count], &indices)?;
-                let states = take_rows(&columns[key_count..columns.len() - 1], &indices)?;
-                let table = bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?;
-                let slots = table.merge(&self.aggregates, &keys, &states)?;
-                let seen = touched.entry(end).or_default();
-                seen.extend(slots);
-            }
         }
-        for slots in touched.values_mut() {
-            slots.sort_unstable();
-            slots.dedup();
-        }
-        metrics.rows_updated = touched.values().map(|s| s.len() as u64).sum();
-        for (end, slots) in &touched {
-            self.dirty.entry(*end).or_default().extend(slots);
-        }
-
         let mut out = Vec::new();
-        match mode {
-            OutputMode::Update => {
-                for (end, slots) in &touched {
-                    out.push(self.emit(&self.buckets[end], slots)?);
-                }
+        // One merge per bucket, so that every group it touched appears once in its result.
+        for (end, at) in by_bucket {
+            let column = |c: usize| -> Result<ArrayRef> {
+                let arrays: Vec<&dyn Array> = partial.iter().map(|b| b.column(c).as_ref()).collect();
+                interleave(&arrays, &at).map_err(|e| Error::Internal(format!("partial rows: {e}")))
+            };
+            let width = partial[0].num_columns();
+            let keys = (0..key_count).map(column).collect::<Result<Vec<_>>>()?;
+            let states = (key_count..width - 1).map(column).collect::<Result<Vec<_>>>()?;
+            let table = bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?;
+            let merged = table.merge(&self.aggregates, &keys, &states)?;
+            metrics.rows_updated += merged.slots.len() as u64;
+            if mode == OutputMode::Update {
+                let mut columns = merged.keys.clone();
+                columns.extend(self.aggregates.evaluate(merged.states.columns())?);
+                out.push(output_batch(&self.output_schema, columns, merged.slots.len())?);
             }
-            OutputMode::Complete => {
-                for table in self.buckets.values() {
-                    out.push(self.emit(table, &(0..table.len()).collect::<Vec<_>>())?);
-                }
+            self.changed.push((end, merged));
+        }
+        if mode == OutputMode::Complete {
+            for table in self.buckets.values() {
+                out.push(self.emit(table, &(0..table.len()).collect::<Vec<_>>())?);
             }
-            OutputMode::Append => {}
         }
         // Windows the watermark has passed are final: emit them (append) and forget them.
         // Complete mode keeps everything, since it re-emits the whole table every batch.
@@ -177,7 +165,7 @@ impl StatefulOperator for StatefulAggregate {
                     out.push(self.emit(&table, &(0..table.len()).collect::<Vec<_>>())?);
                 }
                 metrics.rows_removed += table.len() as u64;
-                self.dirty.remove(&end);
+                self.changed.retain(|(changed, _)| *changed != end);
                 self.removed.push(end);
             }
         }
@@ -189,65 +177,51 @@ impl StatefulOperator for StatefulAggregate {
     }
 
     fn changes(&mut self) -> Result<StateFile> {
-        let mut parts = Vec::with_capacity(self.dirty.len());
-        for (end, mut slots) in std::mem::take(&mut self.dirty) {
-            slots.sort_unstable();
-            slots.dedup();
-            let table = &self.buckets[&end];
-            let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![end; slots.len()]))];
-            columns.extend(table.keys_of(&slots)?);
-            columns.extend(table.states_of(&slots)?);
-            parts.push(
-                RecordBatch::try_new(self.file_schema.clone(), columns)
-                    .map_err(|e| Error::Internal(format!("state delta: {e}")))?,
-            );
-        }
+        let parts = std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|(end, merged)| {
+                let mut columns = merged.keys;
+                columns.extend(merged.states.columns().iter().cloned());
+                state_rows(&self.file_schema, end, &merged.slots, columns)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let rows =
             concat_batches(&self.file_schema, &parts).map_err(|e| Error::Internal(format!("state delta: {e}")))?;
         Ok(StateFile {
             rows,
-            key_columns: 1 + self.key_schema.fields().len(),
             removed: std::mem::take(&mut self.removed),
             snapshot: false,
         })
     }
 
     fn discard_changes(&mut self) {
-        self.dirty.clear();
+        self.changed.clear();
         self.removed.clear();
     }
 
-    fn restore(&mut self, files: &[StateFile]) -> Result<()> {
+    fn restore(&mut self, state: &StateFile) -> Result<()> {
+        check_state_schema(state, &self.file_schema)?;
         let key_count = self.key_schema.fields().len();
-        for file in files {
-            check_state_schema(file, &self.file_schema)?;
-            if file.snapshot {
-                self.buckets.clear();
-            }
-            for end in &file.removed {
-                self.buckets.remove(end);
-            }
-            let mut by_bucket: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
-            for (row, end) in file.buckets()?.values().iter().enumerate() {
-                by_bucket.entry(*end).or_default().push(row as u32);
-            }
-            let columns = file.rows.columns();
-            for (end, rows) in by_bucket {
-                let (keys, states) = if rows.len() == file.rows.num_rows() {
-                    // One bucket (always so without windows): no need to copy the rows.
-                    (columns[1..=key_count].to_vec(), columns[1 + key_count..].to_vec())
-                } else {
-                    let indices = UInt32Array::from(rows);
-                    (
-                        take_rows(&columns[1..=key_count], &indices)?,
-                        take_rows(&columns[1 + key_count..], &indices)?,
-                    )
-                };
-                bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?.replace(&keys, &states)?;
+        self.buckets.clear();
+        self.discard_changes();
+        // A folded state holds each bucket's groups in slot order: interning them in that order
+        // gives every group its old slot.
+        for (end, first, rows) in state.bucket_runs()? {
+            let rows_of = |range: std::ops::Range<usize>| -> Vec<ArrayRef> {
+                range.map(|c| state.rows.column(c).slice(first, rows)).collect()
+            };
+            let keys = rows_of(2..2 + key_count);
+            let states = rows_of(2 + key_count..state.rows.num_columns());
+            let table = bucket(&mut self.buckets, end, &self.key_schema, &self.state_schema)?;
+            let before = table.len();
+            table.replace(&keys, &states)?;
+            if before != 0 || table.len() != rows {
+                return Err(Error::Internal(format!(
+                    "restored state of window {end} is not in slot order ({rows} rows, {} groups)",
+                    table.len()
+                )));
             }
         }
-        self.dirty.clear();
-        self.removed.clear();
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
 pub(crate) use session::SessionAggregate;
 pub(crate) use shards::Sharded;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
@@ -41,8 +41,8 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
     /// Forgets the changes since the last call (when the query keeps no checkpoint).
     fn discard_changes(&mut self) {}
 
-    /// Rebuilds the state from the files of one version: a snapshot, then later deltas, in order.
-    fn restore(&mut self, files: &[StateFile]) -> Result<()>;
+    /// Rebuilds the state from one version of it, folded into a snapshot.
+    fn restore(&mut self, state: &StateFile) -> Result<()>;
 }
 
 /// What a stateful operator reports for a batch (Spark's `StateOperatorProgress`).
@@ -89,17 +89,6 @@ pub(crate) fn output_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usi
         &RecordBatchOptions::new().with_row_count(Some(rows)),
     )
     .map_err(|e| Error::Internal(format!("operator output: {e}")))
-}
-
-/// Rows `indices` of each of `columns`.
-pub(crate) fn take_rows(columns: &[ArrayRef], indices: &UInt32Array) -> Result<Vec<ArrayRef>> {
-    columns
-        .iter()
-        .map(|c| {
-            datafusion::arrow::compute::take(c.as_ref(), indices, None)
-                .map_err(|e| Error::Internal(format!("taking rows: {e}")))
-        })
-        .collect()
 }
 
 /// Refuses state files whose columns are not the operator's: a checkpoint of another query.

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
 use crate::state::groups::{Aggregates, gather};
-use crate::state::store::BUCKET_COLUMN;
+use crate::state::store::{file_schema, state_rows};
 
 /// One session of one key: its span in nanoseconds and where its state row is.
 #[derive(Debug, Clone, Copy)]
@@ -80,22 +80,18 @@ impl SessionAggregate {
             .filter(|(i, _)| *i != session_column)
             .map(|(_, f)| SortField::new(f.data_type().clone()))
             .collect();
-        let file_schema = Arc::new(Schema::new(
-            std::iter::once(Field::new(BUCKET_COLUMN, DataType::Int64, false))
-                .chain(
-                    fields[..key_count]
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| *i != session_column)
-                        .map(|(_, f)| f.as_ref().clone()),
-                )
+        let file_schema = file_schema(
+            fields[..key_count]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != session_column)
+                .map(|(_, f)| f.clone())
                 .chain([
-                    Field::new("__tidewater_session_start", DataType::Int64, false),
-                    Field::new("__tidewater_session_end", DataType::Int64, false),
+                    Arc::new(Field::new("__tidewater_session_start", DataType::Int64, false)),
+                    Arc::new(Field::new("__tidewater_session_end", DataType::Int64, false)),
                 ])
-                .chain(fields[key_count..fields.len() - 1].iter().map(|f| f.as_ref().clone()))
-                .collect::<Vec<_>>(),
-        ));
+                .chain(fields[key_count..fields.len() - 1].iter().cloned()),
+        );
         Ok(SessionAggregate {
             file_schema,
             aggregates: Aggregates::try_new(exprs)?,
@@ -356,40 +352,38 @@ impl StatefulOperator for SessionAggregate {
             .iter()
             .flat_map(|(key, list)| list.iter().map(move |s| (key, s)))
             .collect();
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(vec![0; all.len()]))];
-        columns.extend(
-            self.converter
-                .convert_rows(all.iter().map(|(k, _)| k.row()))
-                .map_err(internal)?,
-        );
+        let mut columns = self
+            .converter
+            .convert_rows(all.iter().map(|(k, _)| k.row()))
+            .map_err(internal)?;
         columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.start))));
         columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.end))));
         let at: Vec<(usize, usize)> = all.iter().map(|(_, s)| s.at).collect();
         columns.extend(gather(&self.states, &at, &self.state_schema)?);
-        let rows = RecordBatch::try_new(self.file_schema.clone(), columns).map_err(internal)?;
+        // Sessions are numbered afresh in every snapshot: slot = row.
+        let slots: Vec<usize> = (0..all.len()).collect();
         Ok(StateFile {
-            rows,
-            key_columns: self.key_count + 2,
+            rows: state_rows(&self.file_schema, 0, &slots, columns)?,
             removed: Vec::new(),
             snapshot: true,
         })
     }
 
-    fn restore(&mut self, files: &[StateFile]) -> Result<()> {
+    fn restore(&mut self, file: &StateFile) -> Result<()> {
         self.sessions.clear();
         self.states.clear();
         self.state_rows = 0;
-        // Every file is a snapshot: the last one is the state.
-        let Some(file) = files.last() else {
-            return Ok(());
-        };
         check_state_schema(file, &self.file_schema)?;
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session state: {e}"));
         let columns = file.rows.columns();
         let other = self.key_count - 1;
-        let keys = self.converter.convert_columns(&columns[1..=other]).map_err(internal)?;
-        let starts = columns[other + 1].as_primitive::<Int64Type>();
-        let ends = columns[other + 2].as_primitive::<Int64Type>();
+        // After the bucket and slot columns: the other keys, start, end, the states.
+        let keys = self
+            .converter
+            .convert_columns(&columns[2..2 + other])
+            .map_err(internal)?;
+        let starts = columns[2 + other].as_primitive::<Int64Type>();
+        let ends = columns[3 + other].as_primitive::<Int64Type>();
         for row in 0..file.rows.num_rows() {
             self.sessions.entry(keys.row(row).owned()).or_default().push(Session {
                 start: starts.value(row),
@@ -401,7 +395,7 @@ impl StatefulOperator for SessionAggregate {
             list.sort_by_key(|s| s.start);
         }
         let states =
-            RecordBatch::try_new(self.state_schema.clone(), columns[other + 3..].to_vec()).map_err(internal)?;
+            RecordBatch::try_new(self.state_schema.clone(), columns[4 + other..].to_vec()).map_err(internal)?;
         self.state_rows = states.num_rows();
         self.states.push(states);
         Ok(())

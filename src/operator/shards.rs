@@ -131,17 +131,17 @@ impl Sharded {
         }
     }
 
-    /// Restores every shard from its files of one version.
-    pub(crate) fn restore(&mut self, files: Vec<Vec<StateFile>>) -> Result<()> {
-        if files.len() != self.shards.len() {
+    /// Restores every shard from its state of one version.
+    pub(crate) fn restore(&mut self, states: Vec<StateFile>) -> Result<()> {
+        if states.len() != self.shards.len() {
             return Err(Error::Internal(format!(
                 "state of {} shards for {} shards",
-                files.len(),
+                states.len(),
                 self.shards.len()
             )));
         }
-        for (shard, files) in self.shards.iter_mut().zip(files) {
-            shard.restore(&files)?;
+        for (shard, state) in self.shards.iter_mut().zip(states) {
+            shard.restore(&state)?;
         }
         Ok(())
     }

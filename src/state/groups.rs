@@ -88,6 +88,14 @@ impl Aggregates {
     }
 }
 
+/// The groups one [`GroupTable::merge`] touched, each once: slots, keys and new state rows.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    pub(crate) slots: Vec<usize>,
+    pub(crate) keys: Vec<ArrayRef>,
+    pub(crate) states: RecordBatch,
+}
+
 /// Groups (keys and states) of one window, or of all time for an aggregation without windows.
 pub(crate) struct GroupTable {
     interner: Box<dyn GroupValues>,
@@ -184,26 +192,29 @@ impl GroupTable {
     }
 
     /// Merges partial states (one row per group and batch partition, `keys` beside `states`)
-    /// into the table. Returns the slots touched, in order of first appearance.
-    pub(crate) fn merge(
-        &mut self,
-        aggregates: &Aggregates,
-        keys: &[ArrayRef],
-        states: &[ArrayRef],
-    ) -> Result<Vec<usize>> {
+    /// into the table. Returns the groups touched, in order of first appearance, with their keys
+    /// and new state rows: what the batch emits in update mode and what the state's delta holds.
+    pub(crate) fn merge(&mut self, aggregates: &Aggregates, keys: &[ArrayRef], states: &[ArrayRef]) -> Result<Merged> {
         let rows = states.first().or(keys.first()).map_or(0, |a| a.len());
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(Merged {
+                slots: Vec::new(),
+                keys: keys.to_vec(),
+                states: RecordBatch::new_empty(self.state_schema.clone()),
+            });
         }
         let before = self.len();
         let slot_of_row = self.intern(keys, rows)?;
         let mut touched: Vec<usize> = Vec::new();
+        let mut first_rows: Vec<u32> = Vec::new();
         let mut local_of: HashMap<usize, usize> = HashMap::with_capacity(rows);
         let group_of_row: Vec<usize> = slot_of_row
             .iter()
-            .map(|&slot| {
+            .enumerate()
+            .map(|(row, &slot)| {
                 *local_of.entry(slot).or_insert_with(|| {
                     touched.push(slot);
+                    first_rows.push(row as u32);
                     touched.len() - 1
                 })
             })
@@ -219,8 +230,18 @@ impl GroupTable {
         }
         let chunk = RecordBatch::try_new(self.state_schema.clone(), merged)
             .map_err(|e| Error::Internal(format!("merged state: {e}")))?;
-        self.push_states(chunk, &touched)?;
-        Ok(touched)
+        self.push_states(chunk.clone(), &touched)?;
+        let first_rows = UInt32Array::from(first_rows);
+        let keys = keys
+            .iter()
+            .map(|k| take(k.as_ref(), &first_rows, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+        Ok(Merged {
+            slots: touched,
+            keys,
+            states: chunk,
+        })
     }
 
     /// Sets the state rows of the groups with `keys` (one row each, keys distinct), replacing

@@ -10,39 +10,74 @@
 //! folds the last snapshot and the deltas after it into a new snapshot, then deletes files no
 //! retained version needs. A batch never waits for it.
 //!
-//! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file, how many leading
-//! columns form the key) travels in the file's custom metadata.
+//! Every file has the same columns: the bucket (window end), the group's slot, the group keys and
+//! the aggregate states. A group's slot is its number within its bucket, handed out in order of
+//! first appearance and never reused, so a row replaces the stored row of the same bucket and slot
+//! and folding files never compares keys. Restoring interns the keys in slot order, which gives
+//! every group its old slot back.
+//!
+//! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file) travels in the
+//! file's custom metadata.
 
-use datafusion::common::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::interleave;
-use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
-use datafusion::arrow::row::{RowConverter, SortField};
 
 use crate::checkpoint::{Dir, Write};
 use crate::error::{Error, Result};
 
 /// Name of the first column of every state file: the bucket (window end, nanoseconds) a row
 /// belongs to; operators without buckets write one constant.
-pub(crate) const BUCKET_COLUMN: &str = "__tidewater_bucket";
+const BUCKET_COLUMN: &str = "__tidewater_bucket";
+/// Name of the second column: the group's slot within its bucket.
+const SLOT_COLUMN: &str = "__tidewater_slot";
 
 const KIND: &str = "tidewater.kind";
-const KEY_COLUMNS: &str = "tidewater.key_columns";
 const REMOVED: &str = "tidewater.removed_buckets";
+
+/// The columns of an operator's state files: bucket and slot, then `columns` (keys and states).
+pub(crate) fn file_schema(columns: impl IntoIterator<Item = FieldRef>) -> SchemaRef {
+    let leading = [
+        Field::new(BUCKET_COLUMN, DataType::Int64, false),
+        Field::new(SLOT_COLUMN, DataType::UInt32, false),
+    ];
+    Arc::new(Schema::new(
+        leading.into_iter().map(Arc::new).chain(columns).collect::<Vec<_>>(),
+    ))
+}
+
+/// Rows of a state file: the groups `slots` of bucket `bucket`, whose keys and states are
+/// `columns`.
+pub(crate) fn state_rows(
+    schema: &SchemaRef,
+    bucket: i64,
+    slots: &[usize],
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let slots = slots
+        .iter()
+        .map(|s| u32::try_from(*s))
+        .collect::<std::result::Result<UInt32Array, _>>()
+        .map_err(|_| Error::Internal("more than 2^32 groups in one window of one shard".into()))?;
+    let leading: [ArrayRef; 2] = [Arc::new(Int64Array::from_value(bucket, slots.len())), Arc::new(slots)];
+    RecordBatch::try_new(schema.clone(), leading.into_iter().chain(columns).collect())
+        .map_err(|e| Error::Internal(format!("state rows: {e}")))
+}
 
 /// One version's change to one shard's state, or a whole state.
 #[derive(Debug, Clone)]
 pub(crate) struct StateFile {
-    /// Upserted rows: [`BUCKET_COLUMN`], then the rest of the key (`key_columns` columns in all),
-    /// then the state columns. A row replaces the stored row of the same key.
+    /// Upserted rows, in the columns of [`file_schema`]. A row replaces the stored row of the
+    /// same bucket and slot.
     pub(crate) rows: RecordBatch,
-    pub(crate) key_columns: usize,
     /// Buckets dropped whole. They are applied before `rows`, which never hold rows of them.
     pub(crate) removed: Vec<i64>,
     /// A snapshot holds the whole state: everything before it is replaced.
@@ -54,7 +89,6 @@ impl StateFile {
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
         let mut writer = FileWriter::try_new(Vec::new(), &self.rows.schema()).map_err(internal)?;
         writer.write_metadata(KIND, if self.snapshot { "snapshot" } else { "delta" });
-        writer.write_metadata(KEY_COLUMNS, self.key_columns.to_string());
         writer.write_metadata(
             REMOVED,
             serde_json::to_string(&self.removed).map_err(|e| Error::Internal(e.to_string()))?,
@@ -79,9 +113,6 @@ impl StateFile {
                 .ok_or_else(|| damaged(format!("no '{key}' in its metadata")))
         };
         let snapshot = field(KIND)? == "snapshot";
-        let key_columns = field(KEY_COLUMNS)?
-            .parse()
-            .map_err(|e| damaged(format!("'{KEY_COLUMNS}': {e}")))?;
         let removed = serde_json::from_str(&field(REMOVED)?).map_err(|e| damaged(format!("'{REMOVED}': {e}")))?;
         let schema = reader.schema();
         let batches = reader
@@ -89,20 +120,42 @@ impl StateFile {
             .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged or truncated")))?;
         let rows = datafusion::arrow::compute::concat_batches(&schema, &batches)
             .map_err(|e| Error::Internal(format!("state file rows: {e}")))?;
-        Ok(StateFile {
+        let file = StateFile {
             rows,
-            key_columns,
             removed,
             snapshot,
-        })
+        };
+        file.buckets().and(file.slots()).map_err(|e| damaged(e.to_string()))?;
+        Ok(file)
     }
 
     /// The bucket of each row.
-    pub(crate) fn buckets(&self) -> Result<&datafusion::arrow::array::Int64Array> {
-        self.rows
-            .column(0)
-            .as_primitive_opt::<Int64Type>()
-            .ok_or_else(|| Error::Internal("state file without a bucket column".into()))
+    pub(crate) fn buckets(&self) -> Result<&Int64Array> {
+        (self.rows.num_columns() > 0)
+            .then(|| self.rows.column(0).as_primitive_opt::<Int64Type>())
+            .flatten()
+            .ok_or_else(|| Error::Internal(format!("a state file without the {BUCKET_COLUMN} column")))
+    }
+
+    /// The slot of each row.
+    pub(crate) fn slots(&self) -> Result<&UInt32Array> {
+        (self.rows.num_columns() > 1)
+            .then(|| self.rows.column(1).as_primitive_opt::<UInt32Type>())
+            .flatten()
+            .ok_or_else(|| Error::Internal(format!("a state file without the {SLOT_COLUMN} column")))
+    }
+
+    /// The rows as runs of one bucket each: `(bucket, first row, rows)`, in file order.
+    pub(crate) fn bucket_runs(&self) -> Result<Vec<(i64, usize, usize)>> {
+        let buckets = self.buckets()?.values();
+        let mut runs: Vec<(i64, usize, usize)> = Vec::new();
+        for (row, bucket) in buckets.iter().enumerate() {
+            match runs.last_mut() {
+                Some((b, _, len)) if b == bucket => *len += 1,
+                _ => runs.push((*bucket, row, 1)),
+            }
+        }
+        Ok(runs)
     }
 }
 
@@ -174,13 +227,13 @@ impl StateStore {
         Ok(())
     }
 
-    /// The files that make version `version` of each shard: a snapshot (if any), then deltas.
-    pub(crate) async fn load(&self, version: u64) -> Result<Vec<Vec<StateFile>>> {
+    /// Version `version` of each shard's state, folded into one snapshot per shard.
+    pub(crate) async fn load(&self, version: u64) -> Result<Vec<StateFile>> {
         let loads = (0..self.shards).map(|shard| load_shard(self.shard(shard), version));
         let shards = futures::future::try_join_all(loads).await?;
         // The next snapshot comes an interval after the newest one found.
         *lock(&self.last_snapshot) = shards.iter().filter_map(|(base, _)| *base).max();
-        Ok(shards.into_iter().map(|(_, files)| files).collect())
+        Ok(shards.into_iter().map(|(_, state)| state).collect())
     }
 
     /// After version `version` is committed: starts a background snapshot when one is due, and
@@ -240,9 +293,9 @@ async fn read(dir: &Dir, name: &str) -> Result<StateFile> {
         .map_err(|e| Error::Internal(format!("decoding state: {e}")))?
 }
 
-/// The files of version `version` of one shard, in the order they apply, and the version of the
-/// snapshot they start from.
-async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, Vec<StateFile>)> {
+/// Version `version` of one shard folded into a snapshot, and the version of the snapshot file it
+/// started from.
+async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, StateFile)> {
     let (_, snapshots) = versions(&dir.list().await?);
     let base = snapshots.iter().rev().find(|s| **s <= version).copied();
     let mut files = Vec::new();
@@ -252,15 +305,19 @@ async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, Vec<StateFil
     for v in base.map_or(0, |b| b + 1)..=version {
         files.push(read(&dir, &file_name(v, false)).await?);
     }
-    Ok((base, files))
+    let folded = tokio::task::spawn_blocking(move || fold(&files))
+        .await
+        .map_err(|e| Error::Internal(format!("folding state: {e}")))?
+        .map_err(|e| Error::Checkpoint {
+            file: dir.display(&file_name(version, false)),
+            message: format!("state version {version} cannot be rebuilt: {e}"),
+        })?;
+    Ok((base, folded))
 }
 
 /// Folds version `version` of one shard into `<version>.snapshot`.
 async fn snapshot_shard(dir: &Dir, version: u64) -> Result<()> {
-    let (_, files) = load_shard(dir.clone(), version).await?;
-    let snapshot = tokio::task::spawn_blocking(move || fold(&files))
-        .await
-        .map_err(|e| Error::Internal(format!("folding state: {e}")))??;
+    let (_, snapshot) = load_shard(dir.clone(), version).await?;
     let bytes = tokio::task::spawn_blocking(move || snapshot.encode())
         .await
         .map_err(|e| Error::Internal(format!("encoding state: {e}")))??;
@@ -283,93 +340,65 @@ async fn clean_shard(dir: &Dir, oldest_kept: u64) -> Result<()> {
     Ok(())
 }
 
-/// Where the latest row of each key is: `(file, row)` by the key's row-encoded bytes.
-type RowsByKey = HashMap<Box<[u8]>, (usize, usize)>;
-
 /// Applies `files` in order into one snapshot: a snapshot resets, dropped buckets go, a row
-/// replaces the row of the same key. Only the deltas' keys are hashed; the base snapshot's rows
-/// are looked up, so folding costs about a pass over the snapshot plus the deltas' rows.
+/// replaces the row of its bucket and slot. No key is compared: the cost is one pass over the
+/// rows plus one gather of the surviving ones. The result holds each bucket's rows in slot order,
+/// buckets ascending.
 pub(crate) fn fold(files: &[StateFile]) -> Result<StateFile> {
     let start = files.iter().rposition(|f| f.snapshot).unwrap_or(0);
     let files = &files[start..];
     let Some(first) = files.first() else {
         return Err(Error::Internal("folding no state files".into()));
     };
-    if files.len() == 1 {
-        return Ok(StateFile {
-            snapshot: true,
-            removed: Vec::new(),
-            ..first.clone()
-        });
+    if let [snapshot] = files
+        && snapshot.snapshot
+    {
+        return Ok(snapshot.clone());
     }
-    let (base, deltas) = match first.snapshot {
-        true => (Some(first), &files[1..]),
-        false => (None, files),
-    };
-    let schema: SchemaRef = first.rows.schema();
-    let key_columns = first.key_columns;
-    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("folding state: {e}"));
-    let converter = RowConverter::new(
-        schema.fields()[1..key_columns]
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect(),
-    )
-    .map_err(internal)?;
-    let keys_of = |file: &StateFile| converter.convert_columns(&file.rows.columns()[1..key_columns]);
-
-    // The latest row of each key among the deltas, by bucket, and the buckets they dropped.
-    let mut latest: HashMap<i64, RowsByKey> = HashMap::default();
-    let mut removed: datafusion::common::HashSet<i64> = datafusion::common::HashSet::default();
-    for (index, file) in deltas.iter().enumerate() {
+    // Where each slot's latest row is, `(file, row)`, bucket by bucket.
+    let mut buckets: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
+    for (index, file) in files.iter().enumerate() {
         for bucket in &file.removed {
-            latest.remove(bucket);
-            removed.insert(*bucket);
+            buckets.remove(bucket);
         }
-        let keys = keys_of(file).map_err(internal)?;
-        let buckets = file.buckets()?;
-        for row in 0..file.rows.num_rows() {
-            latest
-                .entry(buckets.value(row))
-                .or_default()
-                .insert(keys.row(row).as_ref().into(), (index, row));
+        let slots = file.slots()?.values();
+        for (bucket, first_row, rows) in file.bucket_runs()? {
+            let locations = buckets.entry(bucket).or_default();
+            for row in first_row..first_row + rows {
+                let slot = slots[row] as usize;
+                match slot.cmp(&locations.len()) {
+                    std::cmp::Ordering::Less => locations[slot] = (index, row),
+                    std::cmp::Ordering::Equal => locations.push((index, row)),
+                    std::cmp::Ordering::Greater => {
+                        return Err(Error::Internal(format!(
+                            "slot {slot} of bucket {bucket} comes before slot {}",
+                            locations.len()
+                        )));
+                    }
+                }
+            }
         }
     }
-    let mut parts = Vec::with_capacity(2);
-    if let Some(base) = base {
-        // The snapshot's rows that no delta replaced or dropped.
-        let keys = keys_of(base).map_err(internal)?;
-        let buckets = base.buckets()?;
-        let kept: Vec<u32> = (0..base.rows.num_rows())
-            .filter(|&row| {
-                let bucket = buckets.value(row);
-                !removed.contains(&bucket)
-                    && latest
-                        .get(&bucket)
-                        .is_none_or(|m| !m.contains_key(keys.row(row).as_ref()))
-            })
-            .map(|row| row as u32)
-            .collect();
-        parts.push(
-            datafusion::arrow::compute::take_record_batch(
-                &base.rows,
-                &datafusion::arrow::array::UInt32Array::from(kept),
-            )
-            .map_err(internal)?,
-        );
+    let schema: SchemaRef = first.rows.schema();
+    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("folding state: {e}"));
+    let total = buckets.values().map(Vec::len).sum();
+    let mut at = Vec::with_capacity(total);
+    let (mut bucket_column, mut slot_column) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    for (bucket, locations) in &buckets {
+        bucket_column.extend(std::iter::repeat_n(*bucket, locations.len()));
+        slot_column.extend(0..locations.len() as u32);
+        at.extend_from_slice(locations);
     }
-    let at: Vec<(usize, usize)> = latest.into_values().flat_map(|m| m.into_values()).collect();
-    let columns = (0..schema.fields().len())
-        .map(|c| {
-            let arrays: Vec<&dyn Array> = deltas.iter().map(|f| f.rows.column(c).as_ref()).collect();
-            interleave(&arrays, &at).map_err(internal)
-        })
-        .collect::<Result<Vec<ArrayRef>>>()?;
-    parts.push(RecordBatch::try_new(schema.clone(), columns).map_err(internal)?);
-    let rows = datafusion::arrow::compute::concat_batches(&schema, &parts).map_err(internal)?;
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(bucket_column)),
+        Arc::new(UInt32Array::from(slot_column)),
+    ];
+    for c in 2..schema.fields().len() {
+        let arrays: Vec<&dyn Array> = files.iter().map(|f| f.rows.column(c).as_ref()).collect();
+        columns.push(interleave(&arrays, &at).map_err(internal)?);
+    }
     Ok(StateFile {
-        rows,
-        key_columns,
+        rows: RecordBatch::try_new(schema, columns).map_err(internal)?,
         removed: Vec::new(),
         snapshot: true,
     })
@@ -378,79 +407,101 @@ pub(crate) fn fold(files: &[StateFile]) -> Result<StateFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::array::StringArray;
 
-    /// A state file of rows `(bucket, key, value)`.
-    fn file(rows: &[(i64, &str, i64)], removed: &[i64], snapshot: bool) -> StateFile {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(BUCKET_COLUMN, DataType::Int64, false),
-            Field::new("key", DataType::Utf8, false),
-            Field::new("value", DataType::Int64, false),
-        ]));
-        let rows = RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-            ],
-        )
-        .unwrap();
+    /// A state file of rows `(bucket, slot, key, value)`.
+    fn file(rows: &[(i64, usize, &str, i64)], removed: &[i64], snapshot: bool) -> StateFile {
+        let schema = file_schema([
+            Arc::new(Field::new("key", DataType::Utf8, false)),
+            Arc::new(Field::new("value", DataType::Int64, false)),
+        ]);
+        let parts: Vec<RecordBatch> = rows
+            .iter()
+            .map(|(bucket, slot, key, value)| {
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from(vec![*key])),
+                    Arc::new(Int64Array::from(vec![*value])),
+                ];
+                state_rows(&schema, *bucket, &[*slot], columns).unwrap()
+            })
+            .collect();
         StateFile {
-            rows,
-            key_columns: 2,
+            rows: datafusion::arrow::compute::concat_batches(&schema, &parts).unwrap(),
             removed: removed.to_vec(),
             snapshot,
         }
     }
 
-    fn content(file: &StateFile) -> Vec<(i64, String, i64)> {
-        let mut rows: Vec<_> = (0..file.rows.num_rows())
+    /// The rows of `file` in file order.
+    fn content(file: &StateFile) -> Vec<(i64, u32, String, i64)> {
+        let (buckets, slots) = (file.buckets().unwrap(), file.slots().unwrap());
+        (0..file.rows.num_rows())
             .map(|r| {
                 (
-                    file.rows.column(0).as_primitive::<Int64Type>().value(r),
-                    file.rows.column(1).as_string::<i32>().value(r).to_string(),
-                    file.rows.column(2).as_primitive::<Int64Type>().value(r),
+                    buckets.value(r),
+                    slots.value(r),
+                    file.rows.column(2).as_string::<i32>().value(r).to_string(),
+                    file.rows.column(3).as_primitive::<Int64Type>().value(r),
                 )
             })
-            .collect();
-        rows.sort();
-        rows
+            .collect()
+    }
+
+    fn row(bucket: i64, slot: u32, key: &str, value: i64) -> (i64, u32, String, i64) {
+        (bucket, slot, key.to_string(), value)
     }
 
     #[test]
     fn folding_applies_snapshots_removals_and_upserts_in_order() {
         let files = [
-            file(&[(1, "old", 9)], &[], false),
+            file(&[(1, 0, "old", 9)], &[], false),
             // A snapshot replaces everything before it.
-            file(&[(10, "a", 1), (10, "b", 2), (20, "a", 3)], &[], true),
-            file(&[(10, "a", 5), (30, "c", 1)], &[], false),
-            // Bucket 10 closed; a later row of the same key lives in another bucket.
-            file(&[(20, "a", 4)], &[10], false),
+            file(&[(10, 0, "a", 1), (10, 1, "b", 2), (20, 0, "a", 3)], &[], true),
+            // A new slot follows the last one of its bucket; a later row of a slot replaces it.
+            file(
+                &[(30, 0, "c", 1), (10, 0, "a", 5), (10, 2, "d", 7), (30, 0, "c", 2)],
+                &[],
+                false,
+            ),
+            // Bucket 10 closed; the same key lives on in bucket 20.
+            file(&[(20, 0, "a", 4), (20, 1, "e", 1)], &[10], false),
         ];
         let folded = fold(&files).unwrap();
         assert!(folded.snapshot && folded.removed.is_empty());
-        assert_eq!(content(&folded), [(20, "a".to_string(), 4), (30, "c".to_string(), 1)]);
+        // Buckets ascending, each in slot order.
+        assert_eq!(
+            content(&folded),
+            [row(20, 0, "a", 4), row(20, 1, "e", 1), row(30, 0, "c", 2)]
+        );
+
         // Without a snapshot the first delta is the base.
-        let folded = fold(&files[2..]).unwrap();
-        assert_eq!(content(&folded), [(20, "a".to_string(), 4), (30, "c".to_string(), 1)]);
         let folded = fold(&[
-            file(&[(1, "x", 1), (2, "y", 2)], &[], false),
-            file(&[(1, "x", 5)], &[2], false),
+            file(&[(1, 0, "x", 1), (2, 0, "y", 2)], &[], false),
+            file(&[(1, 1, "z", 3), (1, 0, "x", 5)], &[2], false),
         ])
         .unwrap();
-        assert_eq!(content(&folded), [(1, "x".to_string(), 5)]);
+        assert_eq!(content(&folded), [row(1, 0, "x", 5), row(1, 1, "z", 3)]);
+        // A lone snapshot is the state as it is.
+        assert_eq!(content(&fold(&files[1..2]).unwrap()), content(&files[1]));
+    }
+
+    #[test]
+    fn a_slot_that_skips_ahead_is_an_error_not_a_guess() {
+        let error = fold(&[file(&[(1, 0, "x", 1), (1, 2, "z", 3)], &[], false)]).unwrap_err();
+        assert!(
+            error.to_string().contains("slot 2 of bucket 1 comes before slot 1"),
+            "{error}"
+        );
     }
 
     #[test]
     fn a_state_file_round_trips_and_a_truncated_one_is_named() {
-        let original = file(&[(10, "a", 1), (20, "b", 2)], &[5, 7], false);
+        let original = file(&[(10, 0, "a", 1), (20, 0, "b", 2)], &[5, 7], false);
         let bytes = original.encode().unwrap();
         let back = StateFile::decode(bytes.clone(), "cp/state/0/0/3.delta").unwrap();
         assert_eq!(content(&back), content(&original));
         assert_eq!(back.removed, [5, 7]);
-        assert_eq!((back.key_columns, back.snapshot), (2, false));
+        assert!(!back.snapshot);
         let error = StateFile::decode(bytes.slice(..bytes.len() - 20), "cp/state/0/0/3.delta").unwrap_err();
         assert!(error.to_string().contains("cp/state/0/0/3.delta"), "{error}");
     }
