@@ -32,8 +32,8 @@ pub(crate) use dir::{Dir, Write};
 use crate::error::{Error, Result};
 use crate::source::Offset;
 
-/// The checkpoint format this version writes and reads.
-const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this version writes and reads. 2: state files number groups by slot.
+const FORMAT_VERSION: u32 = 2;
 
 /// What a checkpoint records about the query it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +134,9 @@ pub(crate) fn decide(last_offsets: Option<u64>, last_commit: Option<u64>) -> std
         )),
     }
 }
+
+/// Old checkpoint entries and state files are looked for every this many batches.
+pub(crate) const CLEAN_EVERY: u64 = 10;
 
 /// The `checkpoint_location` that turns checkpoints off.
 pub(crate) const NO_CHECKPOINT: &str = "none";

@@ -22,8 +22,8 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
-use crate::state::groups::{Aggregates, Merged};
-use crate::state::store::{file_schema, state_rows};
+use crate::state::groups::{Aggregates, Merged, TableView};
+use crate::state::store::{SnapshotJob, file_schema, state_rows};
 use crate::state::{GroupTable, StateFile};
 
 /// The bucket of groups that have no event-time key: never closed by a watermark.
@@ -197,6 +197,26 @@ impl StatefulOperator for StatefulAggregate {
     fn discard_changes(&mut self) {
         self.changed.clear();
         self.removed.clear();
+    }
+
+    fn snapshot(&self) -> Option<SnapshotJob> {
+        let views: Vec<(i64, TableView)> = self.buckets.iter().map(|(end, table)| (*end, table.view())).collect();
+        let schema = self.file_schema.clone();
+        Some(Box::new(move || {
+            let parts = views
+                .into_iter()
+                .map(|(end, view)| {
+                    let slots: Vec<usize> = (0..view.len()).collect();
+                    state_rows(&schema, end, &slots, view.columns()?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let rows = concat_batches(&schema, &parts).map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
+            Ok(StateFile {
+                rows,
+                removed: Vec::new(),
+                snapshot: true,
+            })
+        }))
     }
 
     fn restore(&mut self, state: &StateFile) -> Result<()> {

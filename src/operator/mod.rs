@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
+use crate::state::store::SnapshotJob;
 
 /// A stateful operator: merges a batch's input into its state and says what to emit.
 pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
@@ -40,6 +41,12 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
 
     /// Forgets the changes since the last call (when the query keeps no checkpoint).
     fn discard_changes(&mut self) {}
+
+    /// The whole state as it is now, as work that makes a snapshot of it later on another
+    /// thread; `None` for an operator whose every version is a snapshot already.
+    fn snapshot(&self) -> Option<SnapshotJob> {
+        None
+    }
 
     /// Rebuilds the state from one version of it, folded into a snapshot.
     fn restore(&mut self, state: &StateFile) -> Result<()>;

@@ -14,6 +14,7 @@ use super::{OperatorMetrics, StatefulOperator};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
+use crate::state::store::SnapshotJob;
 
 /// Below this many input rows a batch's shards are processed one after the other. Starting a
 /// thread costs tens of microseconds; merging a few thousand groups costs about as much.
@@ -129,6 +130,11 @@ impl Sharded {
         for shard in &mut self.shards {
             shard.discard_changes();
         }
+    }
+
+    /// Each shard's snapshot work; see [`StatefulOperator::snapshot`].
+    pub(crate) fn snapshot(&self) -> Option<Vec<SnapshotJob>> {
+        self.shards.iter().map(|s| s.snapshot()).collect()
     }
 
     /// Restores every shard from its state of one version.

@@ -24,13 +24,14 @@ use tracing::Instrument;
 
 use super::progress::{SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, rate};
 use super::{Outcome, QueryShared, Trigger};
-use crate::checkpoint::{Checkpoint, CommitEntry, OffsetEntry, Recovery};
+use crate::checkpoint::{CLEAN_EVERY, Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::error::{Error, Result};
 use crate::operator::{OperatorMetrics, Sharded};
 use crate::planner::IncrementalPlan;
 use crate::sink::{OutputMode, Sink};
 use crate::source::{Offset, ReadLimit, Source};
 use crate::state::StateStore;
+use crate::state::store::SnapshotJob;
 
 /// How long the default trigger waits before looking for new input again when there was none.
 /// Short enough to feel immediate, long enough that an idle query costs nothing measurable.
@@ -74,12 +75,18 @@ async fn finish(write: Option<Background>) -> Result<()> {
     }
 }
 
-/// After batch `batch_id` committed: old checkpoint entries go and a state snapshot is made when
-/// due, both in the background.
-fn clean_up(checkpoint: &Checkpoint, store: Option<&StateStore>, retention: Retention, batch_id: u64) {
+/// After batch `batch_id` committed: old checkpoint entries go and the state's `snapshot` is
+/// written if one was taken, both in the background.
+fn clean_up(
+    checkpoint: &Checkpoint,
+    store: Option<&StateStore>,
+    retention: Retention,
+    batch_id: u64,
+    snapshot: Option<Vec<SnapshotJob>>,
+) {
     let oldest_kept = (batch_id + 1).saturating_sub(retention.min_batches);
     if let Some(store) = store {
-        store.maintain(batch_id, oldest_kept);
+        store.maintain(batch_id, oldest_kept, snapshot);
     }
     if batch_id.is_multiple_of(CLEAN_EVERY) && oldest_kept > 0 {
         let checkpoint = checkpoint.clone();
@@ -90,9 +97,6 @@ fn clean_up(checkpoint: &Checkpoint, store: Option<&StateStore>, retention: Rete
         });
     }
 }
-
-/// Old checkpoint entries are looked for every this many batches.
-const CLEAN_EVERY: u64 = 10;
 
 /// A distinct source of the plan and how far it has been committed.
 struct SourceCursor {
@@ -342,7 +346,11 @@ impl Driver {
                             finish(logging.take()).await?;
                             // The state's changes are written after the batch, with its commit.
                             changes = match &store {
-                                Some(_) => Some(operator.changes()?),
+                                // A due snapshot is taken now, as the state is after this batch.
+                                Some(store) => Some((
+                                    operator.changes()?,
+                                    store.snapshot_due(batch_id).then(|| operator.snapshot()).flatten(),
+                                )),
                                 None => {
                                     operator.discard_changes();
                                     None
@@ -389,11 +397,12 @@ impl Driver {
                 // batch's offsets entry waits for them, so the logs never have a gap.
                 let (checkpoint, store, retention) = (self.checkpoint.clone(), store.clone(), self.retention);
                 pending_commit = Some(tokio::spawn(async move {
+                    let (changes, snapshot) = changes.unzip();
                     if let (Some(store), Some(changes)) = (&store, changes) {
                         store.write(batch_id, changes).await?;
                     }
                     checkpoint.write_commit(&commit).await?;
-                    clean_up(&checkpoint, store.as_deref(), retention, batch_id);
+                    clean_up(&checkpoint, store.as_deref(), retention, batch_id, snapshot.flatten());
                     Ok(())
                 }));
                 self.record_progress(Report {

@@ -16,7 +16,7 @@ use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{interleave, take};
+use datafusion::arrow::compute::{concat, interleave, take};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
@@ -292,6 +292,18 @@ impl GroupTable {
         Ok(())
     }
 
+    /// The table as it is now, to be read later on another thread: its chunks are immutable and
+    /// shared, so this costs a copy of the slot locations only.
+    pub(crate) fn view(&self) -> TableView {
+        TableView {
+            key_schema: self.key_schema.clone(),
+            state_schema: self.state_schema.clone(),
+            keys: self.keys.clone(),
+            states: self.states.clone(),
+            locations: self.locations.clone(),
+        }
+    }
+
     /// Bytes held: interned keys, key copies and state rows.
     pub(crate) fn memory_size(&self) -> usize {
         let batches: usize = self
@@ -301,6 +313,40 @@ impl GroupTable {
             .map(|b| b.get_array_memory_size())
             .sum();
         self.interner.size() + batches + self.locations.capacity() * std::mem::size_of::<(usize, usize)>()
+    }
+}
+
+/// A group table frozen at one moment; see [`GroupTable::view`].
+#[derive(Debug)]
+pub(crate) struct TableView {
+    key_schema: SchemaRef,
+    state_schema: SchemaRef,
+    keys: Vec<RecordBatch>,
+    states: Vec<RecordBatch>,
+    locations: Vec<(usize, usize)>,
+}
+
+impl TableView {
+    /// Number of groups.
+    pub(crate) fn len(&self) -> usize {
+        self.locations.len()
+    }
+
+    /// The keys, then the states, of every group in slot order.
+    pub(crate) fn columns(&self) -> Result<Vec<ArrayRef>> {
+        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("state view: {e}"));
+        let mut columns = Vec::with_capacity(self.key_schema.fields().len() + self.state_schema.fields().len());
+        // Keys are stored in slot order already.
+        for c in 0..self.key_schema.fields().len() {
+            let chunks: Vec<&dyn Array> = self.keys.iter().map(|b| b.column(c).as_ref()).collect();
+            columns.push(match chunks.as_slice() {
+                [] => datafusion::arrow::array::new_empty_array(self.key_schema.field(c).data_type()),
+                [only] => only.slice(0, only.len()),
+                _ => concat(&chunks).map_err(internal)?,
+            });
+        }
+        columns.extend(gather(&self.states, &self.locations, &self.state_schema)?);
+        Ok(columns)
     }
 }
 

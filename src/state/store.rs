@@ -6,9 +6,13 @@
 //! proportional to what it touched, not to the size of the state. Restoring version N reads the
 //! latest `<S>.snapshot` with S <= N and applies the deltas S+1..=N in order.
 //!
-//! Snapshots are made off the batch path: every `snapshot_interval` versions a background task
-//! folds the last snapshot and the deltas after it into a new snapshot, then deletes files no
-//! retained version needs. A batch never waits for it.
+//! Snapshots are made off the batch path: the operator hands over a frozen view of its state
+//! (shared immutable chunks), and a background task writes it out, then deletes files no retained
+//! version needs. A batch never waits for it. A snapshot rewrites the whole state, so making one every few batches would cost every
+//! batch a share of the state's size, however little the batch changed. Instead a snapshot is due
+//! once at least `snapshot_interval` deltas were written since the last one *and* those deltas hold
+//! as many rows as it does (or after [`MAX_INTERVALS`] intervals): snapshots then never write more
+//! rows than the deltas did, and a restore never reads more than twice the state.
 //!
 //! Every file has the same columns: the bucket (window end), the group's slot, the group keys and
 //! the aggregate states. A group's slot is its number within its bucket, handed out in order of
@@ -31,7 +35,7 @@ use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema,
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 
-use crate::checkpoint::{Dir, Write};
+use crate::checkpoint::{CLEAN_EVERY, Dir, Write};
 use crate::error::{Error, Result};
 
 /// Name of the first column of every state file: the bucket (window end, nanoseconds) a row
@@ -87,7 +91,9 @@ pub(crate) struct StateFile {
 impl StateFile {
     fn encode(&self) -> Result<Bytes> {
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
-        let mut writer = FileWriter::try_new(Vec::new(), &self.rows.schema()).map_err(internal)?;
+        // Sized up front: growing the buffer would copy the state over and over.
+        let capacity = self.rows.get_array_memory_size() + 4096;
+        let mut writer = FileWriter::try_new(Vec::with_capacity(capacity), &self.rows.schema()).map_err(internal)?;
         writer.write_metadata(KIND, if self.snapshot { "snapshot" } else { "delta" });
         writer.write_metadata(
             REMOVED,
@@ -159,16 +165,41 @@ impl StateFile {
     }
 }
 
+/// However few rows the deltas hold, a snapshot is due after this many snapshot intervals, so
+/// that a restore never reads more than this many intervals of delta files.
+pub(crate) const MAX_INTERVALS: u64 = 100;
+
+/// What the store has written since its latest snapshot: what decides when the next one is due.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    /// The version of the latest snapshot made or found, if any.
+    snapshot: Option<u64>,
+    /// Rows of that snapshot, all shards together.
+    snapshot_rows: u64,
+    /// Rows of the deltas written after it.
+    delta_rows: u64,
+}
+
+impl Progress {
+    /// Whether a snapshot of version `version` is due; see the module docs.
+    fn snapshot_due(&self, version: u64, interval: u64) -> bool {
+        let deltas = self.snapshot.map_or(version + 1, |s| version.saturating_sub(s));
+        deltas >= interval && (self.delta_rows >= self.snapshot_rows || deltas >= interval * MAX_INTERVALS)
+    }
+}
+
+/// Work that turns a frozen view of one shard's state into a snapshot, run off the batch path.
+pub(crate) type SnapshotJob = Box<dyn FnOnce() -> Result<StateFile> + Send>;
+
 /// The state files of one operator, shard by shard.
 #[derive(Debug)]
 pub(crate) struct StateStore {
     dir: Dir,
     shards: usize,
     snapshot_interval: u64,
-    /// The background snapshot task, while one runs.
+    /// The background snapshot and clean-up task, while one runs.
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The version of the latest snapshot made (or found), if any.
-    last_snapshot: Arc<Mutex<Option<u64>>>,
+    progress: Arc<Mutex<Progress>>,
 }
 
 fn file_name(version: u64, snapshot: bool) -> String {
@@ -198,7 +229,7 @@ impl StateStore {
             shards,
             snapshot_interval: snapshot_interval.max(1),
             maintenance: Mutex::new(None),
-            last_snapshot: Arc::new(Mutex::new(None)),
+            progress: Arc::default(),
         }
     }
 
@@ -215,6 +246,8 @@ impl StateStore {
                 self.shards
             )));
         }
+        let rows: u64 = files.iter().map(|f| f.rows.num_rows() as u64).sum();
+        let snapshot = files.iter().all(|f| f.snapshot);
         let writes = files.into_iter().enumerate().map(|(shard, file)| async move {
             let bytes = tokio::task::spawn_blocking(move || file.encode().map(|b| (b, file.snapshot)))
                 .await
@@ -224,6 +257,18 @@ impl StateStore {
                 .await
         });
         futures::future::try_join_all(writes).await?;
+        let mut progress = lock(&self.progress);
+        match snapshot {
+            // An operator that writes its whole state every version.
+            true => {
+                *progress = Progress {
+                    snapshot: Some(version),
+                    snapshot_rows: rows,
+                    delta_rows: 0,
+                }
+            }
+            false => progress.delta_rows += rows,
+        }
         Ok(())
     }
 
@@ -231,42 +276,65 @@ impl StateStore {
     pub(crate) async fn load(&self, version: u64) -> Result<Vec<StateFile>> {
         let loads = (0..self.shards).map(|shard| load_shard(self.shard(shard), version));
         let shards = futures::future::try_join_all(loads).await?;
-        // The next snapshot comes an interval after the newest one found.
-        *lock(&self.last_snapshot) = shards.iter().filter_map(|(base, _)| *base).max();
-        Ok(shards.into_iter().map(|(_, state)| state).collect())
+        let mut progress = Progress::default();
+        for (_, shard) in &shards {
+            progress.snapshot = progress.snapshot.max(shard.snapshot);
+            progress.snapshot_rows += shard.snapshot_rows;
+            progress.delta_rows += shard.delta_rows;
+        }
+        *lock(&self.progress) = progress;
+        Ok(shards.into_iter().map(|(state, _)| state).collect())
     }
 
-    /// After version `version` is committed: starts a background snapshot when one is due, and
-    /// deletes files that no version from `oldest_kept` on needs. Never waits.
-    pub(crate) fn maintain(&self, version: u64, oldest_kept: u64) {
-        let due = lock(&self.last_snapshot).is_none_or(|s| version >= s + self.snapshot_interval)
-            && version + 1 >= self.snapshot_interval;
-        if !due {
-            return;
-        }
-        let mut running = lock(&self.maintenance);
-        if running.as_ref().is_some_and(|task| !task.is_finished()) {
+    /// Whether the state after version `version` should be snapshotted; see the module docs.
+    pub(crate) fn snapshot_due(&self, version: u64) -> bool {
+        lock(&self.progress).snapshot_due(version, self.snapshot_interval) && !self.busy()
+    }
+
+    /// Whether the background task still runs.
+    fn busy(&self) -> bool {
+        lock(&self.maintenance).as_ref().is_some_and(|task| !task.is_finished())
+    }
+
+    /// After version `version` is committed: writes its snapshot from `snapshot` (one job per
+    /// shard) when given, and from time to time deletes files that no version from `oldest_kept`
+    /// on needs. Both in the background; never waits.
+    pub(crate) fn maintain(&self, version: u64, oldest_kept: u64, snapshot: Option<Vec<SnapshotJob>>) {
+        if snapshot.is_none() && !version.is_multiple_of(CLEAN_EVERY) || self.busy() {
             return;
         }
         let dirs: Vec<Dir> = (0..self.shards).map(|s| self.shard(s)).collect();
-        let last_snapshot = self.last_snapshot.clone();
-        *running = Some(tokio::spawn(async move {
+        let progress = self.progress.clone();
+        let written = lock(&progress).delta_rows;
+        let snapshotting = snapshot.is_some();
+        let task = tokio::spawn(async move {
             let work = async {
+                let mut rows = 0;
+                for (dir, job) in dirs.iter().zip(snapshot.into_iter().flatten()) {
+                    rows += write_snapshot(dir, version, job).await?;
+                }
                 for dir in &dirs {
-                    snapshot_shard(dir, version).await?;
                     clean_shard(dir, oldest_kept).await?;
                 }
-                Ok::<_, Error>(())
+                Ok::<_, Error>(rows)
             };
             match work.await {
-                Ok(()) => {
-                    *lock(&last_snapshot) = Some(version);
-                    tracing::debug!(version, "state snapshot written");
+                Ok(rows) if snapshotting => {
+                    let mut now = lock(&progress);
+                    *now = Progress {
+                        snapshot: Some(version),
+                        snapshot_rows: rows,
+                        // Deltas written while the snapshot was made come after it.
+                        delta_rows: now.delta_rows.saturating_sub(written),
+                    };
+                    tracing::debug!(version, rows, "state snapshot written");
                 }
+                Ok(_) => {}
                 // The deltas are all there: a failed snapshot only means a longer restore.
-                Err(e) => tracing::warn!(version, error = %e, "state snapshot failed"),
+                Err(e) => tracing::warn!(version, error = %e, "state snapshot or clean-up failed"),
             }
-        }));
+        });
+        *lock(&self.maintenance) = Some(task);
     }
 
     /// Waits for a running background snapshot (when a query stops).
@@ -293,9 +361,8 @@ async fn read(dir: &Dir, name: &str) -> Result<StateFile> {
         .map_err(|e| Error::Internal(format!("decoding state: {e}")))?
 }
 
-/// Version `version` of one shard folded into a snapshot, and the version of the snapshot file it
-/// started from.
-async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, StateFile)> {
+/// Version `version` of one shard folded into a snapshot, and what it was made of.
+async fn load_shard(dir: Dir, version: u64) -> Result<(StateFile, Progress)> {
     let (_, snapshots) = versions(&dir.list().await?);
     let base = snapshots.iter().rev().find(|s| **s <= version).copied();
     let mut files = Vec::new();
@@ -305,6 +372,18 @@ async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, StateFile)> 
     for v in base.map_or(0, |b| b + 1)..=version {
         files.push(read(&dir, &file_name(v, false)).await?);
     }
+    let rows = |snapshot: bool| {
+        files
+            .iter()
+            .filter(|f| f.snapshot == snapshot)
+            .map(|f| f.rows.num_rows() as u64)
+            .sum()
+    };
+    let progress = Progress {
+        snapshot: base,
+        snapshot_rows: rows(true),
+        delta_rows: rows(false),
+    };
     let folded = tokio::task::spawn_blocking(move || fold(&files))
         .await
         .map_err(|e| Error::Internal(format!("folding state: {e}")))?
@@ -312,16 +391,19 @@ async fn load_shard(dir: Dir, version: u64) -> Result<(Option<u64>, StateFile)> 
             file: dir.display(&file_name(version, false)),
             message: format!("state version {version} cannot be rebuilt: {e}"),
         })?;
-    Ok((base, folded))
+    Ok((folded, progress))
 }
 
-/// Folds version `version` of one shard into `<version>.snapshot`.
-async fn snapshot_shard(dir: &Dir, version: u64) -> Result<()> {
-    let (_, snapshot) = load_shard(dir.clone(), version).await?;
-    let bytes = tokio::task::spawn_blocking(move || snapshot.encode())
-        .await
-        .map_err(|e| Error::Internal(format!("encoding state: {e}")))??;
-    dir.put(&file_name(version, true), bytes, Write::Replace).await
+/// Makes one shard's snapshot of version `version` and writes it; returns its rows.
+async fn write_snapshot(dir: &Dir, version: u64, job: SnapshotJob) -> Result<u64> {
+    let (bytes, rows) = tokio::task::spawn_blocking(move || {
+        let snapshot = job()?;
+        Ok::<_, Error>((snapshot.encode()?, snapshot.rows.num_rows() as u64))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("state snapshot: {e}")))??;
+    dir.put(&file_name(version, true), bytes, Write::Replace).await?;
+    Ok(rows)
 }
 
 /// Deletes the files that restoring any version from `oldest_kept` on does not read: everything
@@ -483,6 +565,26 @@ mod tests {
         assert_eq!(content(&folded), [row(1, 0, "x", 5), row(1, 1, "z", 3)]);
         // A lone snapshot is the state as it is.
         assert_eq!(content(&fold(&files[1..2]).unwrap()), content(&files[1]));
+    }
+
+    #[test]
+    fn a_snapshot_is_due_when_the_deltas_since_the_last_one_outweigh_it() {
+        let fresh = Progress::default();
+        assert!(!fresh.snapshot_due(8, 10), "the first snapshot waits for 10 deltas");
+        assert!(fresh.snapshot_due(9, 10));
+        let after = |delta_rows| Progress {
+            snapshot: Some(9),
+            snapshot_rows: 1000,
+            delta_rows,
+        };
+        assert!(!after(5000).snapshot_due(18, 10), "never sooner than the interval");
+        assert!(!after(999).snapshot_due(19, 10), "deltas smaller than the snapshot");
+        assert!(after(1000).snapshot_due(19, 10));
+        assert!(!after(1).snapshot_due(9 + 10 * MAX_INTERVALS - 1, 10));
+        assert!(
+            after(1).snapshot_due(9 + 10 * MAX_INTERVALS, 10),
+            "however small the deltas"
+        );
     }
 
     #[test]
