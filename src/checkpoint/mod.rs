@@ -20,7 +20,7 @@
 
 mod dir;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -149,6 +149,9 @@ pub(crate) struct Checkpoint {
     /// A temporary checkpoint's directory on the local disk, removed when the last clone of
     /// the checkpoint is dropped: when the query ends, however it ends.
     _temporary: Option<Arc<TemporaryDir>>,
+    /// The first batch whose log entries may still exist, once known: clean-up deletes entries
+    /// by name from there, so it never lists the logs again after the first time.
+    first_entry: Arc<Mutex<Option<u64>>>,
 }
 
 impl Checkpoint {
@@ -160,11 +163,13 @@ impl Checkpoint {
             return Ok(Checkpoint {
                 root: None,
                 _temporary: None,
+                first_entry: Arc::default(),
             });
         }
         Ok(Checkpoint {
             root: Some(folder(location, Some(runtime))?),
             _temporary: None,
+            first_entry: Arc::default(),
         })
     }
 
@@ -178,6 +183,7 @@ impl Checkpoint {
         Ok(Checkpoint {
             root: Some(folder(&path.display().to_string(), None)?),
             _temporary: Some(Arc::new(TemporaryDir(path))),
+            first_entry: Arc::default(),
         })
     }
 
@@ -315,20 +321,35 @@ impl Checkpoint {
         })
     }
 
-    /// Deletes offsets and commits entries of batches before `oldest_kept`.
+    /// Deletes offsets and commits entries of batches before `oldest_kept`. Only the first call
+    /// lists the logs; later ones delete by name what the previous call kept.
     pub(crate) async fn clean_logs(&self, oldest_kept: u64) -> Result<()> {
         let Some(root) = &self.root else {
             return Ok(());
         };
+        let known = *self.first_entry.lock().unwrap_or_else(|e| e.into_inner());
+        let first = match known {
+            Some(first) => first,
+            None => {
+                let mut first = oldest_kept;
+                for log in ["offsets", "commits"] {
+                    first = first.min(
+                        dir::batch_ids(&root.child(log).list().await?)
+                            .first()
+                            .copied()
+                            .unwrap_or(first),
+                    );
+                }
+                first
+            }
+        };
         for log in ["offsets", "commits"] {
             let dir = root.child(log);
-            for id in dir::batch_ids(&dir.list().await?) {
-                if id >= oldest_kept {
-                    break;
-                }
+            for id in first..oldest_kept {
                 dir.delete(&id.to_string()).await?;
             }
         }
+        *self.first_entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(first.max(oldest_kept));
         Ok(())
     }
 }

@@ -182,7 +182,7 @@ impl StatefulOperator for StatefulAggregate {
             .map(|(end, merged)| {
                 let mut columns = merged.keys;
                 columns.extend(merged.states.columns().iter().cloned());
-                state_rows(&self.file_schema, end, &merged.slots, columns)
+                state_rows(&self.file_schema, end, merged.slots, columns)
             })
             .collect::<Result<Vec<_>>>()?;
         let rows =
@@ -205,10 +205,7 @@ impl StatefulOperator for StatefulAggregate {
         Some(Box::new(move || {
             let parts = views
                 .into_iter()
-                .map(|(end, view)| {
-                    let slots: Vec<usize> = (0..view.len()).collect();
-                    state_rows(&schema, end, &slots, view.columns()?)
-                })
+                .map(|(end, view)| state_rows(&schema, end, 0..view.len(), view.columns()?))
                 .collect::<Result<Vec<_>>>()?;
             let rows = concat_batches(&schema, &parts).map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
             Ok(StateFile {

@@ -361,9 +361,8 @@ impl StatefulOperator for SessionAggregate {
         let at: Vec<(usize, usize)> = all.iter().map(|(_, s)| s.at).collect();
         columns.extend(gather(&self.states, &at, &self.state_schema)?);
         // Sessions are numbered afresh in every snapshot: slot = row.
-        let slots: Vec<usize> = (0..all.len()).collect();
         Ok(StateFile {
-            rows: state_rows(&self.file_schema, 0, &slots, columns)?,
+            rows: state_rows(&self.file_schema, 0, 0..all.len(), columns)?,
             removed: Vec::new(),
             snapshot: true,
         })

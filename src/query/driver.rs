@@ -56,7 +56,7 @@ pub(crate) struct Driver {
 /// How much of the checkpoint is kept, and how often the state is snapshotted.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Retention {
-    /// A state snapshot every this many batches (`state_snapshot_interval`).
+    /// At least this many batches between state snapshots (`state_snapshot_interval`).
     pub(crate) snapshot_interval: u64,
     /// The last this many batches can always be recovered (`min_batches_to_retain`).
     pub(crate) min_batches: u64,

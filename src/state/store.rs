@@ -63,12 +63,12 @@ pub(crate) fn file_schema(columns: impl IntoIterator<Item = FieldRef>) -> Schema
 pub(crate) fn state_rows(
     schema: &SchemaRef,
     bucket: i64,
-    slots: &[usize],
+    slots: impl IntoIterator<Item = usize>,
     columns: Vec<ArrayRef>,
 ) -> Result<RecordBatch> {
     let slots = slots
-        .iter()
-        .map(|s| u32::try_from(*s))
+        .into_iter()
+        .map(u32::try_from)
         .collect::<std::result::Result<UInt32Array, _>>()
         .map_err(|_| Error::Internal("more than 2^32 groups in one window of one shard".into()))?;
     let leading: [ArrayRef; 2] = [Arc::new(Int64Array::from_value(bucket, slots.len())), Arc::new(slots)];
@@ -188,6 +188,9 @@ impl Progress {
     }
 }
 
+/// State files with fewer rows are encoded on the task that writes them.
+const ENCODE_INLINE_ROWS: usize = 65_536;
+
 /// Work that turns a frozen view of one shard's state into a snapshot, run off the batch path.
 pub(crate) type SnapshotJob = Box<dyn FnOnce() -> Result<StateFile> + Send>;
 
@@ -200,6 +203,17 @@ pub(crate) struct StateStore {
     /// The background snapshot and clean-up task, while one runs.
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
     progress: Arc<Mutex<Progress>>,
+    kept: Arc<Mutex<Kept>>,
+}
+
+/// Which files the store's folders may hold, so that clean-up deletes them by name: listing a
+/// folder costs a `stat` per file on a local disk.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The oldest version whose files may exist.
+    first: u64,
+    /// Versions with a snapshot in every shard, ascending.
+    snapshots: Vec<u64>,
 }
 
 fn file_name(version: u64, snapshot: bool) -> String {
@@ -230,6 +244,7 @@ impl StateStore {
             snapshot_interval: snapshot_interval.max(1),
             maintenance: Mutex::new(None),
             progress: Arc::default(),
+            kept: Arc::default(),
         }
     }
 
@@ -249,12 +264,15 @@ impl StateStore {
         let rows: u64 = files.iter().map(|f| f.rows.num_rows() as u64).sum();
         let snapshot = files.iter().all(|f| f.snapshot);
         let writes = files.into_iter().enumerate().map(|(shard, file)| async move {
-            let bytes = tokio::task::spawn_blocking(move || file.encode().map(|b| (b, file.snapshot)))
-                .await
-                .map_err(|e| Error::Internal(format!("encoding state: {e}")))??;
-            self.shard(shard)
-                .put(&file_name(version, bytes.1), bytes.0, Write::Replace)
-                .await
+            let name = file_name(version, file.snapshot);
+            // A small delta encodes in less time than handing it to another thread takes.
+            let bytes = match file.rows.num_rows() < ENCODE_INLINE_ROWS {
+                true => file.encode()?,
+                false => tokio::task::spawn_blocking(move || file.encode())
+                    .await
+                    .map_err(|e| Error::Internal(format!("encoding state: {e}")))??,
+            };
+            self.shard(shard).put(&name, bytes, Write::Replace).await
         });
         futures::future::try_join_all(writes).await?;
         let mut progress = lock(&self.progress);
@@ -265,7 +283,8 @@ impl StateStore {
                     snapshot: Some(version),
                     snapshot_rows: rows,
                     delta_rows: 0,
-                }
+                };
+                lock(&self.kept).snapshots.push(version);
             }
             false => progress.delta_rows += rows,
         }
@@ -274,7 +293,27 @@ impl StateStore {
 
     /// Version `version` of each shard's state, folded into one snapshot per shard.
     pub(crate) async fn load(&self, version: u64) -> Result<Vec<StateFile>> {
-        let loads = (0..self.shards).map(|shard| load_shard(self.shard(shard), version));
+        let dirs: Vec<Dir> = (0..self.shards).map(|shard| self.shard(shard)).collect();
+        let listings = futures::future::try_join_all(dirs.iter().map(|dir| dir.list())).await?;
+        let listings: Vec<(Vec<u64>, Vec<u64>)> = listings.iter().map(|names| versions(names)).collect();
+        *lock(&self.kept) = Kept {
+            first: listings
+                .iter()
+                .flat_map(|(deltas, snapshots)| deltas.first().into_iter().chain(snapshots.first()))
+                .min()
+                .copied()
+                .unwrap_or(0),
+            snapshots: listings[0]
+                .1
+                .iter()
+                .filter(|v| listings.iter().all(|(_, snapshots)| snapshots.contains(v)))
+                .copied()
+                .collect(),
+        };
+        let loads = dirs
+            .into_iter()
+            .zip(&listings)
+            .map(|(dir, (_, snapshots))| load_shard(dir, snapshots, version));
         let shards = futures::future::try_join_all(loads).await?;
         let mut progress = Progress::default();
         for (_, shard) in &shards {
@@ -304,7 +343,7 @@ impl StateStore {
             return;
         }
         let dirs: Vec<Dir> = (0..self.shards).map(|s| self.shard(s)).collect();
-        let progress = self.progress.clone();
+        let (progress, kept) = (self.progress.clone(), self.kept.clone());
         let written = lock(&progress).delta_rows;
         let snapshotting = snapshot.is_some();
         let task = tokio::spawn(async move {
@@ -313,9 +352,10 @@ impl StateStore {
                 for (dir, job) in dirs.iter().zip(snapshot.into_iter().flatten()) {
                     rows += write_snapshot(dir, version, job).await?;
                 }
-                for dir in &dirs {
-                    clean_shard(dir, oldest_kept).await?;
+                if snapshotting {
+                    lock(&kept).snapshots.push(version);
                 }
+                clean(&dirs, &kept, oldest_kept).await?;
                 Ok::<_, Error>(rows)
             };
             match work.await {
@@ -362,8 +402,7 @@ async fn read(dir: &Dir, name: &str) -> Result<StateFile> {
 }
 
 /// Version `version` of one shard folded into a snapshot, and what it was made of.
-async fn load_shard(dir: Dir, version: u64) -> Result<(StateFile, Progress)> {
-    let (_, snapshots) = versions(&dir.list().await?);
+async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateFile, Progress)> {
     let base = snapshots.iter().rev().find(|s| **s <= version).copied();
     let mut files = Vec::new();
     if let Some(base) = base {
@@ -396,29 +435,63 @@ async fn load_shard(dir: Dir, version: u64) -> Result<(StateFile, Progress)> {
 
 /// Makes one shard's snapshot of version `version` and writes it; returns its rows.
 async fn write_snapshot(dir: &Dir, version: u64, job: SnapshotJob) -> Result<u64> {
-    let (bytes, rows) = tokio::task::spawn_blocking(move || {
+    let (bytes, rows) = at_idle_priority(move || {
         let snapshot = job()?;
         Ok::<_, Error>((snapshot.encode()?, snapshot.rows.num_rows() as u64))
     })
-    .await
-    .map_err(|e| Error::Internal(format!("state snapshot: {e}")))??;
+    .await??;
     dir.put(&file_name(version, true), bytes, Write::Replace).await?;
     Ok(rows)
 }
 
+/// Runs `work` on a thread of its own at the lowest CPU priority, so that it takes only CPU the
+/// batches leave idle: a snapshot is maintenance, like a compaction, and nothing waits for it.
+async fn at_idle_priority<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tidewater-snapshot".into())
+        .spawn(move || {
+            lower_priority();
+            let _ = done.send(work());
+        })
+        .map_err(|e| Error::Internal(format!("starting the snapshot thread: {e}")))?;
+    result
+        .await
+        .map_err(|_| Error::Internal("the snapshot thread ended without a result".into()))
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19); where that is not
+/// available the thread keeps the normal one.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `setpriority` only reads its integer arguments. On Linux a nice value is a
+    // per-thread attribute, and `gettid` names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+}
+
 /// Deletes the files that restoring any version from `oldest_kept` on does not read: everything
-/// before the latest snapshot at or below `oldest_kept`.
-async fn clean_shard(dir: &Dir, oldest_kept: u64) -> Result<()> {
-    let (deltas, snapshots) = versions(&dir.list().await?);
-    let Some(base) = snapshots.iter().rev().find(|s| **s <= oldest_kept).copied() else {
-        return Ok(());
+/// before the latest snapshot at or below `oldest_kept` (made in every shard).
+async fn clean(dirs: &[Dir], kept: &Mutex<Kept>, oldest_kept: u64) -> Result<()> {
+    let (first, base) = {
+        let kept = lock(kept);
+        match kept.snapshots.iter().rev().find(|s| **s <= oldest_kept) {
+            Some(base) => (kept.first, *base),
+            None => return Ok(()),
+        }
     };
-    for v in deltas.into_iter().filter(|v| *v <= base) {
-        dir.delete(&file_name(v, false)).await?;
+    for dir in dirs {
+        for v in first..=base {
+            dir.delete(&file_name(v, false)).await?;
+            if v < base {
+                dir.delete(&file_name(v, true)).await?;
+            }
+        }
     }
-    for v in snapshots.into_iter().filter(|v| *v < base) {
-        dir.delete(&file_name(v, true)).await?;
-    }
+    let mut kept = lock(kept);
+    kept.first = kept.first.max(base);
+    kept.snapshots.retain(|s| *s >= base);
     Ok(())
 }
 
@@ -504,7 +577,7 @@ mod tests {
                     Arc::new(StringArray::from(vec![*key])),
                     Arc::new(Int64Array::from(vec![*value])),
                 ];
-                state_rows(&schema, *bucket, &[*slot], columns).unwrap()
+                state_rows(&schema, *bucket, [*slot], columns).unwrap()
             })
             .collect();
         StateFile {
