@@ -161,12 +161,7 @@ impl GroupTable {
                     first_rows.push(row as u32);
                 }
             }
-            let indices = UInt32Array::from(first_rows);
-            let new_keys = keys
-                .iter()
-                .map(|k| take(k.as_ref(), &indices, None))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
+            let new_keys = take_rows(keys, first_rows)?;
             self.key_starts.push(before);
             self.keys.push(
                 RecordBatch::try_new(self.key_schema.clone(), new_keys)
@@ -231,15 +226,9 @@ impl GroupTable {
         let chunk = RecordBatch::try_new(self.state_schema.clone(), merged)
             .map_err(|e| Error::Internal(format!("merged state: {e}")))?;
         self.push_states(chunk.clone(), &touched)?;
-        let first_rows = UInt32Array::from(first_rows);
-        let keys = keys
-            .iter()
-            .map(|k| take(k.as_ref(), &first_rows, None))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::Internal(format!("group keys: {e}")))?;
         Ok(Merged {
             slots: touched,
-            keys,
+            keys: take_rows(keys, first_rows)?,
             states: chunk,
         })
     }
@@ -348,6 +337,16 @@ impl TableView {
         columns.extend(gather(&self.states, &self.locations, &self.state_schema)?);
         Ok(columns)
     }
+}
+
+/// Rows `rows` of each of `columns` (group keys).
+fn take_rows(columns: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<ArrayRef>> {
+    let indices = UInt32Array::from(rows);
+    columns
+        .iter()
+        .map(|c| take(c.as_ref(), &indices, None))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Internal(format!("group keys: {e}")))
 }
 
 /// Rows `at = (chunk, row)` of `chunks`, column by column.

@@ -7,12 +7,14 @@
 //! latest `<S>.snapshot` with S <= N and applies the deltas S+1..=N in order.
 //!
 //! Snapshots are made off the batch path: the operator hands over a frozen view of its state
-//! (shared immutable chunks), and a background task writes it out, then deletes files no retained
-//! version needs. A batch never waits for it. A snapshot rewrites the whole state, so making one every few batches would cost every
-//! batch a share of the state's size, however little the batch changed. Instead a snapshot is due
-//! once at least `snapshot_interval` deltas were written since the last one *and* those deltas hold
-//! as many rows as it does (or after [`MAX_INTERVALS`] intervals): snapshots then never write more
-//! rows than the deltas did, and a restore never reads more than twice the state.
+//! (shared immutable chunks), and a background thread at the lowest CPU priority writes it out;
+//! then files no retained version needs are deleted. A batch never waits for it.
+//!
+//! A snapshot rewrites the whole state, so making one every few batches would cost every batch a
+//! share of the state's size, however little the batch changed. Instead a snapshot is due once at
+//! least `snapshot_interval` deltas were written since the last one *and* those deltas hold as many
+//! rows as it does (or after [`MAX_INTERVALS`] intervals): snapshots then never write more rows
+//! than the deltas did, and a restore never reads more than about twice the state.
 //!
 //! Every file has the same columns: the bucket (window end), the group's slot, the group keys and
 //! the aggregate states. A group's slot is its number within its bucket, handed out in order of
@@ -23,12 +25,11 @@
 //! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file) travels in the
 //! file's custom metadata.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use std::collections::BTreeMap;
-
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef, UInt32Type};
