@@ -245,21 +245,17 @@ impl Checkpoint {
     }
 
     pub(crate) async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
-        match &self.root {
-            Some(root) => {
-                self.write(&root.child("offsets"), &entry.batch_id.to_string(), entry)
-                    .await
-            }
-            None => Ok(()),
-        }
+        self.write_entry("offsets", entry.batch_id, entry).await
     }
 
     pub(crate) async fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
+        self.write_entry("commits", entry.batch_id, entry).await
+    }
+
+    /// Writes entry `batch_id` of log `log`, unless checkpoints are off.
+    async fn write_entry<T: Serialize>(&self, log: &str, batch_id: u64, entry: &T) -> Result<()> {
         match &self.root {
-            Some(root) => {
-                self.write(&root.child("commits"), &entry.batch_id.to_string(), entry)
-                    .await
-            }
+            Some(root) => self.write(&root.child(log), &batch_id.to_string(), entry).await,
             None => Ok(()),
         }
     }
