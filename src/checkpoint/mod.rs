@@ -33,7 +33,8 @@ use crate::error::{Error, Result};
 use crate::source::Offset;
 
 /// The checkpoint format this version writes and reads. 2: state files number groups by slot.
-const FORMAT_VERSION: u32 = 2;
+/// 3: each session of a session window is a bucket of its own, written as deltas.
+const FORMAT_VERSION: u32 = 3;
 
 /// What a checkpoint records about the query it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -199,10 +199,10 @@ impl StatefulOperator for StatefulAggregate {
         self.removed.clear();
     }
 
-    fn snapshot(&self) -> Option<SnapshotJob> {
+    fn snapshot(&self) -> SnapshotJob {
         let views: Vec<(i64, TableView)> = self.buckets.iter().map(|(end, table)| (*end, table.view())).collect();
         let schema = self.file_schema.clone();
-        Some(Box::new(move || {
+        Box::new(move || {
             let parts = views
                 .into_iter()
                 .map(|(end, view)| state_rows(&schema, end, 0..view.len(), view.columns()?))
@@ -213,7 +213,7 @@ impl StatefulOperator for StatefulAggregate {
                 removed: Vec::new(),
                 snapshot: true,
             })
-        }))
+        })
     }
 
     fn restore(&mut self, state: &StateFile) -> Result<()> {

@@ -35,18 +35,16 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
         close_watermark: Option<i64>,
     ) -> Result<(RecordBatch, OperatorMetrics)>;
 
-    /// What changed in the state since the last call: the next state version's delta (or, for an
-    /// operator that cannot tell changes apart, a snapshot).
+    /// What changed in the state since the last call: the next state version's delta.
     fn changes(&mut self) -> Result<StateFile>;
 
     /// Forgets the changes since the last call (when the query keeps no checkpoint).
-    fn discard_changes(&mut self) {}
+    fn discard_changes(&mut self);
 
     /// The whole state as it is now, as work that makes a snapshot of it later on another
-    /// thread; `None` for an operator whose every version is a snapshot already.
-    fn snapshot(&self) -> Option<SnapshotJob> {
-        None
-    }
+    /// thread. Called on the batch path, so it only freezes the state (shared immutable chunks);
+    /// the job does the copying.
+    fn snapshot(&self) -> SnapshotJob;
 
     /// Rebuilds the state from one version of it, folded into a snapshot.
     fn restore(&mut self, state: &StateFile) -> Result<()>;

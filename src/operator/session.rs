@@ -9,6 +9,10 @@
 //! key, the pieces and the stored sessions are sorted and overlapping ones merged, their states
 //! merged by fresh accumulators, as for other windows. A session is final when the watermark passes
 //! its end: append mode emits it then and forgets it; complete mode emits every session each batch.
+//!
+//! In the state store each session is a bucket of its own, under a number the shard hands out:
+//! a delta holds the sessions the batch created or grew and removes those merged away or closed,
+//! so a batch writes what it changed, however many sessions are open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
@@ -26,13 +30,16 @@ use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
 use crate::state::groups::{Aggregates, gather};
-use crate::state::store::{file_schema, state_rows};
+use crate::state::store::{SnapshotJob, bucket_rows, file_schema};
 
-/// One session of one key: its span in nanoseconds and where its state row is.
+/// One session of one key: its span in nanoseconds, its id and where its state row is.
 #[derive(Debug, Clone, Copy)]
 struct Session {
     start: i64,
     end: i64,
+    /// The session's number in this shard, its bucket in state files. A session keeps it as it
+    /// grows; when sessions merge, the merged one keeps the smallest id and the others are removed.
+    id: i64,
     at: (usize, usize),
 }
 
@@ -42,7 +49,8 @@ pub(crate) struct SessionAggregate {
     /// Position of the `session_window` column among the group columns.
     session_column: usize,
     key_count: usize,
-    converter: RowConverter,
+    /// Encodes the other group columns; shared with snapshot work on another thread.
+    converter: Arc<RowConverter>,
     state_schema: SchemaRef,
     output_schema: SchemaRef,
     /// Sessions by key (the other group columns, row-encoded), sorted by start.
@@ -50,8 +58,14 @@ pub(crate) struct SessionAggregate {
     /// State rows in chunks, live or superseded.
     states: Vec<RecordBatch>,
     state_rows: usize,
-    /// The columns of a state file: a constant bucket, the other keys, the session's start and
-    /// end in nanoseconds, the states.
+    /// The id the next new session gets.
+    next_id: i64,
+    /// Sessions created or grown since the last delta: id and key.
+    changed: HashMap<i64, OwnedRow>,
+    /// Sessions merged into others or closed since the last delta.
+    removed: Vec<i64>,
+    /// The columns of a state file: the session's id as its bucket, slot 0, the other keys, the
+    /// session's start and end in nanoseconds, the states.
     file_schema: SchemaRef,
 }
 
@@ -97,12 +111,17 @@ impl SessionAggregate {
             aggregates: Aggregates::try_new(exprs)?,
             session_column,
             key_count,
-            converter: RowConverter::new(other_keys).map_err(|e| Error::Internal(format!("session keys: {e}")))?,
+            converter: Arc::new(
+                RowConverter::new(other_keys).map_err(|e| Error::Internal(format!("session keys: {e}")))?,
+            ),
             state_schema: Arc::new(Schema::new(fields[key_count..fields.len() - 1].to_vec())),
             output_schema,
             sessions: HashMap::new(),
             states: Vec::new(),
             state_rows: 0,
+            next_id: 0,
+            changed: HashMap::new(),
+            removed: Vec::new(),
         })
     }
 
@@ -148,6 +167,24 @@ impl SessionAggregate {
         output_batch(&self.output_schema, keys, picked.len())
     }
 
+    /// The keys of `picked`, in its order.
+    fn key_rows(&self, picked: &[(&OwnedRow, Session)]) -> Rows {
+        let bytes = picked.iter().map(|(key, _)| key.as_ref().as_ref().len()).sum();
+        let mut rows = self.converter.empty_rows(picked.len(), bytes);
+        for (key, _) in picked {
+            rows.push(key.row());
+        }
+        rows
+    }
+
+    fn layout(&self) -> FileLayout {
+        FileLayout {
+            converter: Arc::clone(&self.converter),
+            file_schema: Arc::clone(&self.file_schema),
+            state_schema: Arc::clone(&self.state_schema),
+        }
+    }
+
     fn compact(&mut self) -> Result<()> {
         let mut all: Vec<&mut Session> = self.sessions.values_mut().flatten().collect();
         let at: Vec<(usize, usize)> = all.iter().map(|s| s.at).collect();
@@ -160,6 +197,30 @@ impl SessionAggregate {
         self.state_rows = chunk.num_rows();
         self.states = vec![chunk];
         Ok(())
+    }
+}
+
+/// How sessions become state-file rows; cheap to clone, for snapshot work on another thread.
+struct FileLayout {
+    converter: Arc<RowConverter>,
+    file_schema: SchemaRef,
+    state_schema: SchemaRef,
+}
+
+impl FileLayout {
+    /// Session `i` of `sessions`, whose key is row `i` of `keys` and whose state is in `chunks`,
+    /// as row `i`: its id as the bucket, the key, its span, its state.
+    fn rows(&self, keys: &Rows, sessions: &[Session], chunks: &[RecordBatch]) -> Result<RecordBatch> {
+        let mut columns = self
+            .converter
+            .convert_rows(keys.iter())
+            .map_err(|e| Error::Internal(format!("session state: {e}")))?;
+        columns.push(Arc::new(Int64Array::from_iter_values(sessions.iter().map(|s| s.start))));
+        columns.push(Arc::new(Int64Array::from_iter_values(sessions.iter().map(|s| s.end))));
+        let at: Vec<(usize, usize)> = sessions.iter().map(|s| s.at).collect();
+        columns.extend(gather(chunks, &at, &self.state_schema)?);
+        let ids = Int64Array::from_iter_values(sessions.iter().map(|s| s.id));
+        bucket_rows(&self.file_schema, ids, columns)
     }
 }
 
@@ -227,46 +288,54 @@ impl StatefulOperator for SessionAggregate {
             }
         }
 
-        // Merge pieces with the stored sessions of their key.
-        let mut merged: Vec<(OwnedRow, i64, i64)> = Vec::new();
+        // Merge pieces with the stored sessions of their key: each run of overlapping spans
+        // becomes one session. A stored session that no piece touched stays as it is.
+        let mut merged: Vec<(OwnedRow, i64, i64, Option<i64>)> = Vec::new();
         let (mut old_at, mut old_group) = (Vec::new(), Vec::new());
         let mut new_rows: Vec<Vec<u32>> = vec![Vec::new(); partial.len()];
         let mut new_group: Vec<Vec<usize>> = vec![Vec::new(); partial.len()];
         for (key, mut list) in pieces {
-            list.extend(
-                self.sessions
-                    .remove(&key)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(Piece::Old),
-            );
+            let stored = self.sessions.remove(&key).unwrap_or_default();
+            list.extend(stored.into_iter().map(Piece::Old));
             list.sort_by_key(|p| p.span());
-            let mut current: Option<(i64, i64)> = None;
-            for piece in list {
-                let (start, end) = piece.span();
-                match &mut current {
-                    Some((_, current_end)) if start < *current_end => *current_end = (*current_end).max(end),
-                    _ => {
-                        if let Some((s, e)) = current.take() {
-                            merged.push((key.clone(), s, e));
-                        }
-                        current = Some((start, end));
-                    }
+            let mut untouched = Vec::new();
+            let mut first = 0;
+            while first < list.len() {
+                let (start, mut end) = list[first].span();
+                let mut next = first + 1;
+                while next < list.len() && list[next].span().0 < end {
+                    end = end.max(list[next].span().1);
+                    next += 1;
+                }
+                let run = &list[first..next];
+                first = next;
+                if let [Piece::Old(session)] = run {
+                    untouched.push(*session);
+                    continue;
                 }
                 let group = merged.len();
-                match piece {
-                    Piece::Old(s) => {
-                        old_at.push(s.at);
-                        old_group.push(group);
-                    }
-                    Piece::New { batch, row, .. } => {
-                        new_rows[batch].push(row as u32);
-                        new_group[batch].push(group);
+                let mut id: Option<i64> = None;
+                for piece in run {
+                    match *piece {
+                        Piece::Old(s) => {
+                            old_at.push(s.at);
+                            old_group.push(group);
+                            // The merged session goes on as the oldest of those it absorbs.
+                            if let Some(kept) = id {
+                                self.removed.push(kept.max(s.id));
+                            }
+                            id = Some(id.map_or(s.id, |kept| kept.min(s.id)));
+                        }
+                        Piece::New { batch, row, .. } => {
+                            new_rows[batch].push(row as u32);
+                            new_group[batch].push(group);
+                        }
                     }
                 }
+                merged.push((key.clone(), start, end, id));
             }
-            if let Some((s, e)) = current {
-                merged.push((key, s, e));
+            if !untouched.is_empty() {
+                self.sessions.insert(key, untouched);
             }
         }
         metrics.rows_updated = merged.len() as u64;
@@ -293,11 +362,17 @@ impl StatefulOperator for SessionAggregate {
             let chunk_index = self.states.len();
             self.state_rows += chunk.num_rows();
             self.states.push(chunk);
-            for (row, (key, start, end)) in merged.into_iter().enumerate() {
+            for (row, (key, start, end, id)) in merged.into_iter().enumerate() {
+                let id = id.unwrap_or_else(|| {
+                    self.next_id += 1;
+                    self.next_id - 1
+                });
+                self.changed.insert(id, key.clone());
                 let list = self.sessions.entry(key).or_default();
                 list.push(Session {
                     start,
                     end,
+                    id,
                     at: (chunk_index, row),
                 });
                 list.sort_by_key(|s| s.start);
@@ -316,6 +391,7 @@ impl StatefulOperator for SessionAggregate {
                 for (key, list) in self.sessions.iter_mut() {
                     let (closed, open): (Vec<Session>, Vec<Session>) = list.iter().partition(|s| s.end <= watermark);
                     metrics.rows_removed += closed.len() as u64;
+                    self.removed.extend(closed.iter().map(|s| s.id));
                     if mode == OutputMode::Append {
                         picked.extend(closed.into_iter().map(|s| (key.clone(), s)));
                     }
@@ -343,28 +419,50 @@ impl StatefulOperator for SessionAggregate {
         Ok((output, metrics))
     }
 
-    /// Sessions change identity as they merge, so every version is a snapshot of all of them
-    /// (in append mode the watermark keeps that small).
+    /// The sessions created or grown since the last call, each a bucket of its own, and the
+    /// sessions merged away or closed.
     fn changes(&mut self) -> Result<StateFile> {
-        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session state: {e}"));
-        let all: Vec<(&OwnedRow, &Session)> = self
+        let changed = std::mem::take(&mut self.changed);
+        let mut picked: Vec<(&OwnedRow, Session)> = changed
+            .iter()
+            .filter_map(|(id, key)| {
+                let session = self.sessions.get(key)?.iter().find(|s| s.id == *id)?;
+                Some((key, *session))
+            })
+            .collect();
+        picked.sort_unstable_by_key(|(_, s)| s.id);
+        let keys = self.key_rows(&picked);
+        let sessions: Vec<Session> = picked.into_iter().map(|(_, s)| s).collect();
+        Ok(StateFile {
+            rows: self.layout().rows(&keys, &sessions, &self.states)?,
+            removed: std::mem::take(&mut self.removed),
+            snapshot: false,
+        })
+    }
+
+    fn discard_changes(&mut self) {
+        self.changed.clear();
+        self.removed.clear();
+    }
+
+    fn snapshot(&self) -> SnapshotJob {
+        let mut picked: Vec<(&OwnedRow, Session)> = self
             .sessions
             .iter()
-            .flat_map(|(key, list)| list.iter().map(move |s| (key, s)))
+            .flat_map(|(key, list)| list.iter().map(move |s| (key, *s)))
             .collect();
-        let mut columns = self
-            .converter
-            .convert_rows(all.iter().map(|(k, _)| k.row()))
-            .map_err(internal)?;
-        columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.start))));
-        columns.push(Arc::new(Int64Array::from_iter_values(all.iter().map(|(_, s)| s.end))));
-        let at: Vec<(usize, usize)> = all.iter().map(|(_, s)| s.at).collect();
-        columns.extend(gather(&self.states, &at, &self.state_schema)?);
-        // Sessions are numbered afresh in every snapshot: slot = row.
-        Ok(StateFile {
-            rows: state_rows(&self.file_schema, 0, 0..all.len(), columns)?,
-            removed: Vec::new(),
-            snapshot: true,
+        picked.sort_unstable_by_key(|(_, s)| s.id);
+        let keys = self.key_rows(&picked);
+        let sessions: Vec<Session> = picked.into_iter().map(|(_, s)| s).collect();
+        // The chunks are immutable and shared: the job sees the state as it is now.
+        let states = self.states.clone();
+        let layout = self.layout();
+        Box::new(move || {
+            Ok(StateFile {
+                rows: layout.rows(&keys, &sessions, &states)?,
+                removed: Vec::new(),
+                snapshot: true,
+            })
         })
     }
 
@@ -372,7 +470,16 @@ impl StatefulOperator for SessionAggregate {
         self.sessions.clear();
         self.states.clear();
         self.state_rows = 0;
+        self.discard_changes();
         check_state_schema(file, &self.file_schema)?;
+        // Each session is the one row of its bucket.
+        if let Some(slot) = file.slots()?.values().iter().find(|slot| **slot != 0) {
+            return Err(Error::Internal(format!(
+                "session state with a second row (slot {slot}) for one session"
+            )));
+        }
+        let ids = file.buckets()?;
+        self.next_id = ids.values().iter().max().map_or(0, |max| max + 1);
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session state: {e}"));
         let columns = file.rows.columns();
         let other = self.key_count - 1;
@@ -387,6 +494,7 @@ impl StatefulOperator for SessionAggregate {
             self.sessions.entry(keys.row(row).owned()).or_default().push(Session {
                 start: starts.value(row),
                 end: ends.value(row),
+                id: ids.value(row),
                 at: (0, row),
             });
         }

@@ -133,7 +133,7 @@ impl Sharded {
     }
 
     /// Each shard's snapshot work; see [`StatefulOperator::snapshot`].
-    pub(crate) fn snapshot(&self) -> Option<Vec<SnapshotJob>> {
+    pub(crate) fn snapshot(&self) -> Vec<SnapshotJob> {
         self.shards.iter().map(|s| s.snapshot()).collect()
     }
 

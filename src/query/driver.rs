@@ -349,7 +349,7 @@ impl Driver {
                                 // A due snapshot is taken now, as the state is after this batch.
                                 Some(store) => Some((
                                     operator.changes()?,
-                                    store.snapshot_due(batch_id).then(|| operator.snapshot()).flatten(),
+                                    store.snapshot_due(batch_id).then(|| operator.snapshot()),
                                 )),
                                 None => {
                                     operator.discard_changes();

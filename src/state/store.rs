@@ -20,7 +20,8 @@
 //! the aggregate states. A group's slot is its number within its bucket, handed out in order of
 //! first appearance and never reused, so a row replaces the stored row of the same bucket and slot
 //! and folding files never compares keys. Restoring interns the keys in slot order, which gives
-//! every group its old slot back.
+//! every group its old slot back. Session windows, whose keys change as sessions merge, make each
+//! session a bucket of its own (slot 0).
 //!
 //! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file) travels in the
 //! file's custom metadata.
@@ -72,7 +73,23 @@ pub(crate) fn state_rows(
         .map(u32::try_from)
         .collect::<std::result::Result<UInt32Array, _>>()
         .map_err(|_| Error::Internal("more than 2^32 groups in one window of one shard".into()))?;
-    let leading: [ArrayRef; 2] = [Arc::new(Int64Array::from_value(bucket, slots.len())), Arc::new(slots)];
+    file_rows(schema, Int64Array::from_value(bucket, slots.len()), slots, columns)
+}
+
+/// Rows of a state file where every row is the one group of its own bucket (slot 0), as each
+/// session of a session window is.
+pub(crate) fn bucket_rows(schema: &SchemaRef, buckets: Int64Array, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let slots = UInt32Array::from_value(0, buckets.len());
+    file_rows(schema, buckets, slots, columns)
+}
+
+fn file_rows(
+    schema: &SchemaRef,
+    buckets: Int64Array,
+    slots: UInt32Array,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    let leading: [ArrayRef; 2] = [Arc::new(buckets), Arc::new(slots)];
     RecordBatch::try_new(schema.clone(), leading.into_iter().chain(columns).collect())
         .map_err(|e| Error::Internal(format!("state rows: {e}")))
 }
@@ -253,7 +270,7 @@ impl StateStore {
         self.dir.child(&shard.to_string())
     }
 
-    /// Writes version `version`: one file per shard, concurrently.
+    /// Writes version `version`: one delta per shard, concurrently.
     pub(crate) async fn write(&self, version: u64, files: Vec<StateFile>) -> Result<()> {
         if files.len() != self.shards {
             return Err(Error::Internal(format!(
@@ -263,9 +280,8 @@ impl StateStore {
             )));
         }
         let rows: u64 = files.iter().map(|f| f.rows.num_rows() as u64).sum();
-        let snapshot = files.iter().all(|f| f.snapshot);
         let writes = files.into_iter().enumerate().map(|(shard, file)| async move {
-            let name = file_name(version, file.snapshot);
+            let name = file_name(version, false);
             // A small delta encodes in less time than handing it to another thread takes.
             let bytes = match file.rows.num_rows() < ENCODE_INLINE_ROWS {
                 true => file.encode()?,
@@ -276,19 +292,7 @@ impl StateStore {
             self.shard(shard).put(&name, bytes, Write::Replace).await
         });
         futures::future::try_join_all(writes).await?;
-        let mut progress = lock(&self.progress);
-        match snapshot {
-            // An operator that writes its whole state every version.
-            true => {
-                *progress = Progress {
-                    snapshot: Some(version),
-                    snapshot_rows: rows,
-                    delta_rows: 0,
-                };
-                lock(&self.kept).snapshots.push(version);
-            }
-            false => progress.delta_rows += rows,
-        }
+        lock(&self.progress).delta_rows += rows;
         Ok(())
     }
 

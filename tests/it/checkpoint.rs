@@ -393,3 +393,84 @@ async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_
     query.stop().await.unwrap();
     assert!(!temporary[0].exists(), "removed when the query stopped");
 }
+
+/// The rows of a state file and the buckets it removes (as written in its metadata).
+fn state_file(path: &Path) -> (usize, String) {
+    let file = std::fs::File::open(path).unwrap();
+    let reader = tidewater::arrow::ipc::reader::FileReader::try_new(file, None).unwrap();
+    let removed = reader.custom_metadata()["tidewater.removed_buckets"].clone();
+    (reader.map(|batch| batch.unwrap().num_rows()).sum(), removed)
+}
+
+#[tokio::test]
+async fn session_windows_checkpoint_only_the_sessions_a_batch_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let session = StreamingSession::new();
+    session
+        .sql("CREATE TABLE clicks (user VARCHAR, time TIMESTAMP) WITH (connector = 'memory')")
+        .await
+        .unwrap();
+    let script = format!(
+        "DROP TABLE IF EXISTS visits;
+         CREATE TABLE visits WITH (connector = 'memory', output_mode = 'complete',
+           checkpoint_location = '{}', state_partitions = '1');
+         INSERT INTO visits SELECT user, session_window(time, '10 minutes') AS s, count(*) AS n
+         FROM clicks GROUP BY user, session_window(time, '10 minutes')",
+        checkpoint.display()
+    );
+    let clicks = |clicks: &[(&str, &str)]| {
+        let lines: Vec<String> = clicks
+            .iter()
+            .map(|(user, minute)| format!(r#"{{"user": "{user}", "time": "2024-01-01T00:{minute}:00"}}"#))
+            .collect();
+        push_json(
+            &session,
+            "clicks",
+            &lines.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+    };
+    let query = start(&session, &script).await;
+    let users: Vec<String> = (0..10).map(|u| format!("u{u}")).collect();
+    clicks(&users.iter().map(|u| (u.as_str(), "00")).collect::<Vec<_>>());
+    query.process_all_available().await.unwrap();
+    // u0's session grows; u1 starts a second session; then clicks join u1's two sessions.
+    for batch in [
+        &[("u0", "05")][..],
+        &[("u1", "30")],
+        &[("u1", "09"), ("u1", "18"), ("u1", "27")],
+    ] {
+        clicks(batch);
+        query.process_all_available().await.unwrap();
+    }
+    query.stop().await.unwrap();
+
+    let state = checkpoint.join("state/0/0");
+    assert_eq!(entries(&state), ["0.delta", "1.delta", "2.delta", "3.delta"]);
+    let deltas: Vec<(usize, String)> = (0..4).map(|v| state_file(&state.join(format!("{v}.delta")))).collect();
+    // Sessions are numbered 0..=9, then 10 for u1's second one, which the join removes: the
+    // joined session goes on under u1's first number.
+    assert_eq!(
+        deltas,
+        [
+            (10, "[]".to_string()),
+            (1, "[]".into()),
+            (1, "[]".into()),
+            (1, "[10]".into())
+        ]
+    );
+
+    let query = start(&session, &script).await;
+    clicks(&[("u2", "05")]);
+    query.process_all_available().await.unwrap();
+    let visits = query_rows(
+        &session,
+        "SELECT user, date_format(s['start'], '%H:%M'), date_format(s['end'], '%H:%M'), n FROM visits ORDER BY user",
+    )
+    .await;
+    let mut expected = vec!["u0|00:00|00:15|2", "u1|00:00|00:40|5", "u2|00:00|00:15|2"];
+    let rest: Vec<String> = (3..10).map(|u| format!("u{u}|00:00|00:10|1")).collect();
+    expected.extend(rest.iter().map(String::as_str));
+    assert_eq!(visits, expected);
+    query.stop().await.unwrap();
+}

@@ -177,3 +177,101 @@ proptest! {
         });
     }
 }
+
+/// The queries of the restart property: sink name, output mode, query.
+const RESTARTED: [(&str, &str, &str); 3] = [
+    ("sessions_complete", "complete", SESSIONS),
+    ("sessions_append", "append", SESSIONS),
+    ("running_update", "update", RUNNING),
+];
+
+/// Starts the queries of [`RESTARTED`] with their sinks named `<prefix><name>`; checkpointed in
+/// `checkpoints` when given, with snapshots as often as the store allows.
+async fn start_restarted(
+    session: &StreamingSession,
+    prefix: &str,
+    checkpoints: Option<&std::path::Path>,
+) -> Vec<StreamingQuery> {
+    let mut queries = Vec::new();
+    for (name, mode, sql) in RESTARTED {
+        let options = checkpoints.map_or(String::new(), |dir| {
+            format!(
+                ", checkpoint_location = '{}', state_partitions = '2', state_snapshot_interval = '1'",
+                dir.join(name).display()
+            )
+        });
+        let sink = format!("{prefix}{name}");
+        let script = format!(
+            "DROP TABLE IF EXISTS {sink};
+             CREATE TABLE {sink} WITH (connector = 'memory', output_mode = '{mode}'{options});
+             INSERT INTO {sink} {}",
+            sql.replace("{}", "events")
+        );
+        queries.push(start(session, &script).await);
+    }
+    queries
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Stopping queries and restarting them from their checkpoints between batches changes
+    /// nothing they emit: session windows (complete, and append under a watermark, where sessions
+    /// merge and close) and a running aggregate in update mode, each over two state shards, with
+    /// state snapshots as often as the store makes them.
+    #[test]
+    fn restarting_from_the_checkpoint_changes_no_output(
+        (rows, cuts) in rows_and_cuts(),
+        restart_before in prop::collection::vec(any::<bool>(), 8),
+    ) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let session = StreamingSession::new();
+            session.run_script(&format!(
+                "CREATE TABLE events (k INT, time TIMESTAMP, v INT,
+                   WATERMARK FOR time AS time - INTERVAL '{DELAY_MINUTES}' MINUTE) WITH (connector = 'memory')"
+            )).await.unwrap();
+            let reference = start_restarted(&session, "uninterrupted_", None).await;
+            let mut restarted = start_restarted(&session, "", Some(dir.path())).await;
+            // What each restarted query's sink held when it was stopped, run after run.
+            let mut emitted: Vec<Vec<String>> = vec![Vec::new(); RESTARTED.len()];
+            let mut complete_table = Vec::new();
+            let events = session.memory_stream("events").unwrap();
+            for (i, rows) in cut(&rows, &cuts).iter().enumerate() {
+                if i > 0 && restart_before[i % restart_before.len()] {
+                    for ((query, (name, _, _)), out) in restarted.iter().zip(RESTARTED).zip(&mut emitted) {
+                        query.stop().await.unwrap();
+                        out.extend(query_rows(&session, &format!("SELECT * FROM {name}")).await);
+                    }
+                    restarted = start_restarted(&session, "", Some(dir.path())).await;
+                }
+                events.add_batch(batch(rows)).unwrap();
+                for query in reference.iter().chain(&restarted) {
+                    query.process_all_available().await.unwrap();
+                }
+            }
+            for ((query, (name, _, _)), out) in restarted.iter().zip(RESTARTED).zip(&mut emitted) {
+                let held = query_rows(&session, &format!("SELECT * FROM {name}")).await;
+                if name == "sessions_complete" {
+                    complete_table = held.clone();
+                }
+                out.extend(held);
+                query.stop().await.unwrap();
+            }
+            // Complete mode: the last run's table is the whole result.
+            assert_eq!(
+                sorted(complete_table),
+                sorted(query_rows(&session, "SELECT * FROM uninterrupted_sessions_complete").await)
+            );
+            // Append and update mode: the runs together emitted exactly the uninterrupted rows.
+            for (name, out) in ["sessions_append", "running_update"].into_iter().zip(&emitted[1..]) {
+                let expected = query_rows(&session, &format!("SELECT * FROM uninterrupted_{name}")).await;
+                assert_eq!(sorted(out.clone()), sorted(expected), "{name}");
+            }
+            for query in reference {
+                query.stop().await.unwrap();
+            }
+        });
+    }
+}
