@@ -187,21 +187,28 @@ impl StateFile {
 /// that a restore never reads more than this many intervals of delta files.
 pub(crate) const MAX_INTERVALS: u64 = 100;
 
-/// What the store has written since its latest snapshot: what decides when the next one is due.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Progress {
-    /// The version of the latest snapshot made or found, if any.
-    snapshot: Option<u64>,
-    /// Rows of that snapshot, all shards together.
+/// What the store knows of its files: which may exist, so that clean-up deletes them by name
+/// (listing a folder costs a `stat` per file on a local disk), and how many rows were written since
+/// the latest snapshot, which decides when the next one is due.
+#[derive(Debug, Default)]
+struct Files {
+    /// The oldest version whose files may exist.
+    first: u64,
+    /// Versions with a snapshot in every shard, ascending.
+    snapshots: Vec<u64>,
+    /// Rows of the latest snapshot, all shards together.
     snapshot_rows: u64,
     /// Rows of the deltas written after it.
     delta_rows: u64,
 }
 
-impl Progress {
+impl Files {
     /// Whether a snapshot of version `version` is due; see the module docs.
     fn snapshot_due(&self, version: u64, interval: u64) -> bool {
-        let deltas = self.snapshot.map_or(version + 1, |s| version.saturating_sub(s));
+        let deltas = self
+            .snapshots
+            .last()
+            .map_or(version + 1, |s| version.saturating_sub(*s));
         deltas >= interval && (self.delta_rows >= self.snapshot_rows || deltas >= interval * MAX_INTERVALS)
     }
 }
@@ -220,18 +227,7 @@ pub(crate) struct StateStore {
     snapshot_interval: u64,
     /// The background snapshot and clean-up task, while one runs.
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    progress: Arc<Mutex<Progress>>,
-    kept: Arc<Mutex<Kept>>,
-}
-
-/// Which files the store's folders may hold, so that clean-up deletes them by name: listing a
-/// folder costs a `stat` per file on a local disk.
-#[derive(Debug, Default)]
-struct Kept {
-    /// The oldest version whose files may exist.
-    first: u64,
-    /// Versions with a snapshot in every shard, ascending.
-    snapshots: Vec<u64>,
+    files: Arc<Mutex<Files>>,
 }
 
 fn file_name(version: u64, snapshot: bool) -> String {
@@ -261,8 +257,7 @@ impl StateStore {
             shards,
             snapshot_interval: snapshot_interval.max(1),
             maintenance: Mutex::new(None),
-            progress: Arc::default(),
-            kept: Arc::default(),
+            files: Arc::default(),
         }
     }
 
@@ -292,7 +287,7 @@ impl StateStore {
             self.shard(shard).put(&name, bytes, Write::Replace).await
         });
         futures::future::try_join_all(writes).await?;
-        lock(&self.progress).delta_rows += rows;
+        lock(&self.files).delta_rows += rows;
         Ok(())
     }
 
@@ -301,7 +296,7 @@ impl StateStore {
         let dirs: Vec<Dir> = (0..self.shards).map(|shard| self.shard(shard)).collect();
         let listings = futures::future::try_join_all(dirs.iter().map(|dir| dir.list())).await?;
         let listings: Vec<(Vec<u64>, Vec<u64>)> = listings.iter().map(|names| versions(names)).collect();
-        *lock(&self.kept) = Kept {
+        let mut files = Files {
             first: listings
                 .iter()
                 .flat_map(|(deltas, snapshots)| deltas.first().into_iter().chain(snapshots.first()))
@@ -314,25 +309,24 @@ impl StateStore {
                 .filter(|v| listings.iter().all(|(_, snapshots)| snapshots.contains(v)))
                 .copied()
                 .collect(),
+            ..Files::default()
         };
         let loads = dirs
             .into_iter()
             .zip(&listings)
             .map(|(dir, (_, snapshots))| load_shard(dir, snapshots, version));
         let shards = futures::future::try_join_all(loads).await?;
-        let mut progress = Progress::default();
-        for (_, shard) in &shards {
-            progress.snapshot = progress.snapshot.max(shard.snapshot);
-            progress.snapshot_rows += shard.snapshot_rows;
-            progress.delta_rows += shard.delta_rows;
+        for (_, (snapshot_rows, delta_rows)) in &shards {
+            files.snapshot_rows += snapshot_rows;
+            files.delta_rows += delta_rows;
         }
-        *lock(&self.progress) = progress;
+        *lock(&self.files) = files;
         Ok(shards.into_iter().map(|(state, _)| state).collect())
     }
 
     /// Whether the state after version `version` should be snapshotted; see the module docs.
     pub(crate) fn snapshot_due(&self, version: u64) -> bool {
-        lock(&self.progress).snapshot_due(version, self.snapshot_interval) && !self.busy()
+        lock(&self.files).snapshot_due(version, self.snapshot_interval) && !self.busy()
     }
 
     /// Whether the background task still runs.
@@ -348,35 +342,27 @@ impl StateStore {
             return;
         }
         let dirs: Vec<Dir> = (0..self.shards).map(|s| self.shard(s)).collect();
-        let (progress, kept) = (self.progress.clone(), self.kept.clone());
-        let written = lock(&progress).delta_rows;
-        let snapshotting = snapshot.is_some();
+        let files = self.files.clone();
+        let written = lock(&files).delta_rows;
         let task = tokio::spawn(async move {
             let work = async {
-                let mut rows = 0;
-                for (dir, job) in dirs.iter().zip(snapshot.into_iter().flatten()) {
-                    rows += write_snapshot(dir, version, job).await?;
-                }
-                if snapshotting {
-                    lock(&kept).snapshots.push(version);
-                }
-                clean(&dirs, &kept, oldest_kept).await?;
-                Ok::<_, Error>(rows)
-            };
-            match work.await {
-                Ok(rows) if snapshotting => {
-                    let mut now = lock(&progress);
-                    *now = Progress {
-                        snapshot: Some(version),
-                        snapshot_rows: rows,
-                        // Deltas written while the snapshot was made come after it.
-                        delta_rows: now.delta_rows.saturating_sub(written),
-                    };
+                if let Some(jobs) = snapshot {
+                    let mut rows = 0;
+                    for (dir, job) in dirs.iter().zip(jobs) {
+                        rows += write_snapshot(dir, version, job).await?;
+                    }
+                    let mut now = lock(&files);
+                    now.snapshots.push(version);
+                    now.snapshot_rows = rows;
+                    // Deltas written while the snapshot was made come after it.
+                    now.delta_rows = now.delta_rows.saturating_sub(written);
                     tracing::debug!(version, rows, "state snapshot written");
                 }
-                Ok(_) => {}
-                // The deltas are all there: a failed snapshot only means a longer restore.
-                Err(e) => tracing::warn!(version, error = %e, "state snapshot or clean-up failed"),
+                clean(&dirs, &files, oldest_kept).await
+            };
+            // The deltas are all there: a failed snapshot only means a longer restore.
+            if let Err(e) = work.await {
+                tracing::warn!(version, error = %e, "state snapshot or clean-up failed");
             }
         });
         *lock(&self.maintenance) = Some(task);
@@ -406,8 +392,9 @@ async fn read(dir: &Dir, name: &str) -> Result<StateFile> {
         .map_err(|e| Error::Internal(format!("decoding state: {e}")))?
 }
 
-/// Version `version` of one shard folded into a snapshot, and what it was made of.
-async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateFile, Progress)> {
+/// Version `version` of one shard folded into a snapshot, and the rows of the snapshot and of the
+/// deltas it was folded from.
+async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateFile, (u64, u64))> {
     let base = snapshots.iter().rev().find(|s| **s <= version).copied();
     let mut files = Vec::new();
     if let Some(base) = base {
@@ -423,11 +410,7 @@ async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateF
             .map(|f| f.rows.num_rows() as u64)
             .sum()
     };
-    let progress = Progress {
-        snapshot: base,
-        snapshot_rows: rows(true),
-        delta_rows: rows(false),
-    };
+    let rows = (rows(true), rows(false));
     let folded = tokio::task::spawn_blocking(move || fold(&files))
         .await
         .map_err(|e| Error::Internal(format!("folding state: {e}")))?
@@ -435,7 +418,7 @@ async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateF
             file: dir.display(&file_name(version, false)),
             message: format!("state version {version} cannot be rebuilt: {e}"),
         })?;
-    Ok((folded, progress))
+    Ok((folded, rows))
 }
 
 /// Makes one shard's snapshot of version `version` and writes it; returns its rows.
@@ -478,9 +461,9 @@ fn lower_priority() {
 
 /// Deletes the files that restoring any version from `oldest_kept` on does not read: everything
 /// before the latest snapshot at or below `oldest_kept` (made in every shard).
-async fn clean(dirs: &[Dir], kept: &Mutex<Kept>, oldest_kept: u64) -> Result<()> {
+async fn clean(dirs: &[Dir], files: &Mutex<Files>, oldest_kept: u64) -> Result<()> {
     let (first, base) = {
-        let kept = lock(kept);
+        let kept = lock(files);
         match kept.snapshots.iter().rev().find(|s| **s <= oldest_kept) {
             Some(base) => (kept.first, *base),
             None => return Ok(()),
@@ -494,7 +477,7 @@ async fn clean(dirs: &[Dir], kept: &Mutex<Kept>, oldest_kept: u64) -> Result<()>
             }
         }
     }
-    let mut kept = lock(kept);
+    let mut kept = lock(files);
     kept.first = kept.first.max(base);
     kept.snapshots.retain(|s| *s >= base);
     Ok(())
@@ -647,13 +630,14 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_due_when_the_deltas_since_the_last_one_outweigh_it() {
-        let fresh = Progress::default();
+        let fresh = Files::default();
         assert!(!fresh.snapshot_due(8, 10), "the first snapshot waits for 10 deltas");
         assert!(fresh.snapshot_due(9, 10));
-        let after = |delta_rows| Progress {
-            snapshot: Some(9),
+        let after = |delta_rows| Files {
+            snapshots: vec![9],
             snapshot_rows: 1000,
             delta_rows,
+            ..Files::default()
         };
         assert!(!after(5000).snapshot_due(18, 10), "never sooner than the interval");
         assert!(!after(999).snapshot_due(19, 10), "deltas smaller than the snapshot");
