@@ -1,84 +1,132 @@
 //! What checkpoints cost: batch time with and without them, and recovery time.
 //!
-//! A running count and sum per key over 1M keys (update mode, memory source, memory sink): batch 0
-//! creates the 1M groups, then every batch updates 1% of them (10k random keys); the first 10 of
-//! those are a warm-up, then 300 are timed. Measured:
-//! - the mean time of the update batches without checkpoints (`checkpoint_location = 'none'`), with
-//!   a checkpoint in `memory://` (what the engine's own work costs: encoding, snapshots) and with one
-//!   on the local disk (offsets and commits logs, one state delta per shard per
-//!   batch, and in the background a snapshot of all 1M groups whenever the deltas since the last
-//!   one hold as many rows: about every 100 batches, so the timed batches pay for three).
-//!   Target: under 20% more.
-//! - the time to restart over that checkpoint (metadata, logs, latest snapshot + deltas for 1M
-//!   groups) until the next batch is done. Target: under 2 s.
+//! Two workloads (memory source, memory sink), each with a batch 0 that creates the state and 310
+//! batches that touch 1% of it; the first 10 of those are a warm-up, then 300 are timed:
+//! - a running count and sum per key over 1M keys in update mode (10k random keys per batch);
+//! - session windows of 100k users in append mode (1k users click again per batch, one second
+//!   later, which grows their open sessions).
 //!
-//! Run with `cargo bench --bench checkpoint`.
+//! Measured for each:
+//! - the mean batch time without checkpoints (`checkpoint_location = 'none'`), with a checkpoint in
+//!   `memory://` (what the engine's own work costs: encoding, snapshots) and with one on the local
+//!   disk (offsets and commits logs, one state delta per shard per batch, and in the background a
+//!   snapshot of the whole state whenever the deltas since the last one hold as many rows: about
+//!   every 100 batches, so the timed batches pay for three). Target: under 20% more.
+//! - the time to restart over that checkpoint (metadata, logs, latest snapshot + deltas) until the
+//!   next batch is done. Target for 1M groups: under 2 s.
+//!
+//! Run with `cargo bench --bench checkpoint`; the disk checkpoint goes to the temporary directory
+//! (`TMPDIR`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tidewater::arrow::array::{Int64Array, RecordBatch};
-use tidewater::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use tidewater::arrow::array::{Int64Array, RecordBatch, TimestampNanosecondArray};
+use tidewater::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use tidewater::{StatementOutcome, StreamingQuery, StreamingSession};
 
 const KEYS: i64 = 1_000_000;
 const UPDATES_PER_BATCH: usize = 10_000;
+const USERS: i64 = 100_000;
+const CLICKS_PER_BATCH: usize = 1_000;
 const UPDATE_BATCHES: usize = 310;
 /// Each variant runs this many times; the best run counts (the machine's speed varies).
 const ROUNDS: usize = 5;
-/// Update batches not timed: the first ones overlap the background write of batch 0's 1M groups.
+/// Update batches not timed: the first ones overlap the background write of batch 0's state.
 const WARM_UP: usize = 10;
 
-fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+/// A stream, a stateful query over it and its input: batch 0 creates the state, the others
+/// touch 1% of it.
+struct Workload {
+    /// What the numbers are about.
+    name: String,
+    /// Creates the stream `t`.
+    stream: &'static str,
+    /// The query into the memory table `out`, checkpointed at `{checkpoint}`.
+    query: &'static str,
+    batches: Vec<RecordBatch>,
+    /// Rows of state after batch 0.
+    state_rows: u64,
+}
+
+/// `count` pseudo-random numbers below `below`, the same on every run.
+fn scattered(x: &mut u64, count: usize, below: i64) -> Vec<i64> {
+    (0..count)
+        .map(|_| {
+            *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((*x >> 33) % below as u64) as i64
+        })
+        .collect()
+}
+
+/// A running count and sum per key over 1M keys, in update mode.
+fn counts() -> Workload {
+    let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
-    ]))
-}
-
-fn batch(keys: Vec<i64>) -> RecordBatch {
-    let values = Int64Array::from_iter_values(keys.iter().map(|k| k % 7));
-    RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(keys)), Arc::new(values)]).expect("batch")
-}
-
-/// Batch 0 has every key once; the others 1% of the keys, scattered.
-fn input() -> Vec<RecordBatch> {
-    let mut batches = vec![batch((0..KEYS).collect())];
+    ]));
+    let batch = |keys: Vec<i64>| {
+        let values = Int64Array::from_iter_values(keys.iter().map(|k| k % 7));
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys)), Arc::new(values)]).expect("batch")
+    };
     let mut x: u64 = 7;
-    for _ in 0..UPDATE_BATCHES {
-        let keys = (0..UPDATES_PER_BATCH)
-            .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((x >> 33) % KEYS as u64) as i64
-            })
-            .collect();
-        batches.push(batch(keys));
+    let mut batches = vec![batch((0..KEYS).collect())];
+    batches.extend((0..UPDATE_BATCHES).map(|_| batch(scattered(&mut x, UPDATES_PER_BATCH, KEYS))));
+    Workload {
+        name: format!("update batch ({UPDATES_PER_BATCH} of {KEYS} groups)"),
+        stream: "CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')",
+        query:
+            "CREATE TABLE out WITH (connector = 'memory', output_mode = 'update', checkpoint_location = '{checkpoint}');
+                INSERT INTO out SELECT k, count(*) AS n, sum(v) AS s FROM t GROUP BY k",
+        batches,
+        state_rows: KEYS as u64,
     }
-    batches
 }
 
-async fn start(session: &StreamingSession, checkpoint: &str) -> StreamingQuery {
-    let sql = format!(
-        "CREATE TABLE out WITH (connector = 'memory', output_mode = 'update', checkpoint_location = '{checkpoint}');
-         INSERT INTO out SELECT k, count(*) AS n, sum(v) AS s FROM t GROUP BY k"
-    );
+/// Session windows of 100k users, in append mode: every user has an open session, and each batch
+/// one second later 1k of them click again, which grows their sessions (none closes).
+fn sessions() -> Workload {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Int64, false),
+        Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ]));
+    let start: i64 = 1_700_000_000_000_000_000;
+    let batch = |users: Vec<i64>, second: i64| {
+        let times = TimestampNanosecondArray::from_value(start + second * 1_000_000_000, users.len());
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(users)), Arc::new(times)]).expect("batch")
+    };
+    let mut x: u64 = 11;
+    let mut batches = vec![batch((0..USERS).collect(), 0)];
+    batches.extend((1..=UPDATE_BATCHES as i64).map(|s| batch(scattered(&mut x, CLICKS_PER_BATCH, USERS), s)));
+    Workload {
+        name: format!("session window batch ({CLICKS_PER_BATCH} of {USERS} sessions)"),
+        stream: "CREATE TABLE t (user BIGINT, time TIMESTAMP, WATERMARK FOR time AS time - INTERVAL '10' SECOND)
+                 WITH (connector = 'memory')",
+        query:
+            "CREATE TABLE out WITH (connector = 'memory', output_mode = 'append', checkpoint_location = '{checkpoint}');
+                INSERT INTO out SELECT user, session_window(time, '30 minutes') AS s, count(*) AS n
+                FROM t GROUP BY user, session_window(time, '30 minutes')",
+        batches,
+        state_rows: USERS as u64,
+    }
+}
+
+async fn start(session: &StreamingSession, workload: &Workload, checkpoint: &str) -> StreamingQuery {
     let _ = session.sql("DROP TABLE IF EXISTS out").await;
+    let sql = workload.query.replace("{checkpoint}", checkpoint);
     match session.run_script(&sql).await.expect("query starts").pop() {
         Some(StatementOutcome::Started(q)) => q,
         _ => panic!("no query started"),
     }
 }
 
-/// A fresh session and query checkpointed at `checkpoint`, run over `batches`: the mean update
+/// A fresh session and query checkpointed at `checkpoint`, run over the workload: the mean update
 /// batch time, and the session (whose stream holds the input) for a restart.
-async fn timed(checkpoint: &str, batches: &[RecordBatch]) -> (Duration, StreamingSession) {
+async fn timed(workload: &Workload, checkpoint: &str) -> (Duration, StreamingSession) {
     let session = StreamingSession::new();
-    session
-        .sql("CREATE TABLE t (k BIGINT, v BIGINT) WITH (connector = 'memory')")
-        .await
-        .expect("stream");
-    let query = start(&session, checkpoint).await;
-    let time = run(&session, &query, batches).await;
+    session.sql(workload.stream).await.expect("stream");
+    let query = start(&session, workload, checkpoint).await;
+    let time = run(&session, &query, &workload.batches).await;
     query.stop().await.expect("stop");
     (time, session)
 }
@@ -105,56 +153,58 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let batches = input();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let checkpoint = dir.path().join("checkpoint").display().to_string();
-
-        let mut without = Duration::MAX;
-        let mut with = Duration::MAX;
-        let mut in_memory = Duration::MAX;
-        // Alternate the variants, best of five each, so none gets a warmer machine.
-        for round in 0..ROUNDS {
-            without = without.min(timed("none", &batches).await.0);
-            // The same checkpoint in memory: what the encoding and bookkeeping cost without a disk.
-            in_memory = in_memory.min(timed(&format!("memory:///checkpoint-{round}"), &batches).await.0);
-            let location = format!("{checkpoint}-{round}");
-            let (time, session) = timed(&location, &batches).await;
-            with = with.min(time);
-
-            if round == ROUNDS - 1 {
-                // Recovery: a new query over the checkpoint restores 1M groups, then runs a batch.
-                let restarted = Instant::now();
-                let query = start(&session, &location).await;
-                session
-                    .memory_stream("t")
-                    .expect("stream")
-                    .add_batch(batch(vec![1, 2, 3]))
-                    .expect("push");
-                query.process_all_available().await.expect("batch");
-                let recovery = restarted.elapsed();
-                let progress = query.last_progress().expect("progress");
-                assert_eq!(
-                    progress.state_operators[0].num_rows_total, KEYS as u64,
-                    "state restored"
-                );
-                query.stop().await.expect("stop");
-                println!(
-                    "recovery of {KEYS} groups until the next batch is done: {:.0} ms (target < 2000 ms)",
-                    recovery.as_secs_f64() * 1000.0
-                );
-            }
+        for workload in [counts(), sessions()] {
+            measure(&workload).await;
         }
-        let overhead = |time: Duration| (time.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0;
-        let ms = |time: Duration| time.as_secs_f64() * 1000.0;
-        println!(
-            "update batch ({UPDATES_PER_BATCH} of {KEYS} groups): {:.2} ms without checkpoint; \
-             {:.2} ms with it in memory:// (overhead {:.0}%); {:.2} ms with it on the local disk (overhead {:.0}%); \
-             target < 20%",
-            ms(without),
-            ms(in_memory),
-            overhead(in_memory),
-            ms(with),
-            overhead(with),
-        );
     });
+}
+
+/// Prints the workload's batch time without checkpoint, with one in memory and with one on the
+/// local disk, and the time to recover from the disk checkpoint.
+async fn measure(workload: &Workload) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let checkpoint = dir.path().join("checkpoint").display().to_string();
+    let (mut without, mut with, mut in_memory) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    // Alternate the variants, best of five each, so none gets a warmer machine.
+    for round in 0..ROUNDS {
+        without = without.min(timed(workload, "none").await.0);
+        // The same checkpoint in memory: what the encoding and bookkeeping cost without a disk.
+        in_memory = in_memory.min(timed(workload, &format!("memory:///checkpoint-{round}")).await.0);
+        let location = format!("{checkpoint}-{round}");
+        let (time, session) = timed(workload, &location).await;
+        with = with.min(time);
+
+        if round == ROUNDS - 1 {
+            // Recovery: a new query over the checkpoint restores the state, then runs a batch.
+            let restarted = Instant::now();
+            let query = start(&session, workload, &location).await;
+            let stream = session.memory_stream("t").expect("stream");
+            stream.add_batch(workload.batches[1].slice(0, 3)).expect("push");
+            query.process_all_available().await.expect("batch");
+            let recovery = restarted.elapsed();
+            let progress = query.last_progress().expect("progress");
+            assert_eq!(
+                progress.state_operators[0].num_rows_total, workload.state_rows,
+                "state restored"
+            );
+            query.stop().await.expect("stop");
+            println!(
+                "recovery of {} rows of state until the next batch is done: {:.0} ms (target < 2000 ms)",
+                workload.state_rows,
+                recovery.as_secs_f64() * 1000.0
+            );
+        }
+    }
+    let overhead = |time: Duration| (time.as_secs_f64() / without.as_secs_f64() - 1.0) * 100.0;
+    let ms = |time: Duration| time.as_secs_f64() * 1000.0;
+    println!(
+        "{}: {:.2} ms without checkpoint; {:.2} ms with it in memory:// (overhead {:.0}%); \
+         {:.2} ms with it on the local disk (overhead {:.0}%); target < 20%",
+        workload.name,
+        ms(without),
+        ms(in_memory),
+        overhead(in_memory),
+        ms(with),
+        overhead(with),
+    );
 }

@@ -14,7 +14,7 @@
 //! a delta holds the sessions the batch created or grew and removes those merged away or closed,
 //! so a batch writes what it changed, however many sessions are open.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray, UInt32Array};
@@ -55,6 +55,11 @@ pub(crate) struct SessionAggregate {
     output_schema: SchemaRef,
     /// Sessions by key (the other group columns, row-encoded), sorted by start.
     sessions: HashMap<OwnedRow, Vec<Session>>,
+    /// Every session by `(end, id)`, with its key: the watermark closes sessions in this order,
+    /// so a batch never looks at the sessions it does not close.
+    closing: BTreeMap<(i64, i64), OwnedRow>,
+    /// Bytes of the keys in `closing`.
+    key_bytes: usize,
     /// State rows in chunks, live or superseded.
     states: Vec<RecordBatch>,
     state_rows: usize,
@@ -117,6 +122,8 @@ impl SessionAggregate {
             state_schema: Arc::new(Schema::new(fields[key_count..fields.len() - 1].to_vec())),
             output_schema,
             sessions: HashMap::new(),
+            closing: BTreeMap::new(),
+            key_bytes: 0,
             states: Vec::new(),
             state_rows: 0,
             next_id: 0,
@@ -175,6 +182,19 @@ impl SessionAggregate {
             rows.push(key.row());
         }
         rows
+    }
+
+    /// Enters a session in the index by end.
+    fn track(&mut self, key: &OwnedRow, session: &Session) {
+        self.key_bytes += key.as_ref().as_ref().len();
+        self.closing.insert((session.end, session.id), key.clone());
+    }
+
+    /// Takes a session that was merged into another out of the index by end.
+    fn untrack(&mut self, session: &Session) {
+        if let Some(key) = self.closing.remove(&(session.end, session.id)) {
+            self.key_bytes -= key.as_ref().as_ref().len();
+        }
     }
 
     fn layout(&self) -> FileLayout {
@@ -320,6 +340,7 @@ impl StatefulOperator for SessionAggregate {
                         Piece::Old(s) => {
                             old_at.push(s.at);
                             old_group.push(group);
+                            self.untrack(&s);
                             // The merged session goes on as the oldest of those it absorbs.
                             if let Some(kept) = id {
                                 self.removed.push(kept.max(s.id));
@@ -367,14 +388,16 @@ impl StatefulOperator for SessionAggregate {
                     self.next_id += 1;
                     self.next_id - 1
                 });
-                self.changed.insert(id, key.clone());
-                let list = self.sessions.entry(key).or_default();
-                list.push(Session {
+                let session = Session {
                     start,
                     end,
                     id,
                     at: (chunk_index, row),
-                });
+                };
+                self.changed.insert(id, key.clone());
+                self.track(&key, &session);
+                let list = self.sessions.entry(key).or_default();
+                list.push(session);
                 list.sort_by_key(|s| s.start);
             }
         }
@@ -388,32 +411,45 @@ impl StatefulOperator for SessionAggregate {
                 }
             }
             (_, Some(watermark)) => {
-                for (key, list) in self.sessions.iter_mut() {
-                    let (closed, open): (Vec<Session>, Vec<Session>) = list.iter().partition(|s| s.end <= watermark);
-                    metrics.rows_removed += closed.len() as u64;
-                    self.removed.extend(closed.iter().map(|s| s.id));
-                    if mode == OutputMode::Append {
-                        picked.extend(closed.into_iter().map(|s| (key.clone(), s)));
+                while let Some(entry) = self.closing.first_entry() {
+                    if entry.key().0 > watermark {
+                        break;
                     }
-                    *list = open;
+                    let ((_, id), key) = entry.remove_entry();
+                    self.key_bytes -= key.as_ref().as_ref().len();
+                    let Some(list) = self.sessions.get_mut(&key) else {
+                        return Err(Error::Internal(format!(
+                            "closing session {id} of a key without sessions"
+                        )));
+                    };
+                    let Some(at) = list.iter().position(|s| s.id == id) else {
+                        return Err(Error::Internal(format!(
+                            "closing session {id}, which its key does not have"
+                        )));
+                    };
+                    let session = list.remove(at);
+                    if list.is_empty() {
+                        self.sessions.remove(&key);
+                    }
+                    metrics.rows_removed += 1;
+                    self.removed.push(id);
+                    if mode == OutputMode::Append {
+                        picked.push((key, session));
+                    }
                 }
-                self.sessions.retain(|_, list| !list.is_empty());
             }
             _ => {}
         }
         let output = self.emit(&picked)?;
-        let live: usize = self.sessions.values().map(Vec::len).sum();
+        let live = self.closing.len();
         if self.state_rows > 4096 && self.state_rows > 2 * live {
             self.compact()?;
         }
         metrics.rows_total = live as u64;
+        // The keys are held twice (by key and by end), plus about 64 bytes of map entry each.
         metrics.memory_bytes = (self.states.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
-            + self
-                .sessions
-                .keys()
-                .map(|k| k.as_ref().as_ref().len() + 48)
-                .sum::<usize>()
-            + live * std::mem::size_of::<Session>()) as u64;
+            + 2 * self.key_bytes
+            + live * (std::mem::size_of::<Session>() + 64)) as u64;
         let output = concat_batches(&self.output_schema, [&output])
             .map_err(|e| Error::Internal(format!("session output: {e}")))?;
         Ok((output, metrics))
@@ -468,6 +504,8 @@ impl StatefulOperator for SessionAggregate {
 
     fn restore(&mut self, file: &StateFile) -> Result<()> {
         self.sessions.clear();
+        self.closing.clear();
+        self.key_bytes = 0;
         self.states.clear();
         self.state_rows = 0;
         self.discard_changes();
@@ -491,12 +529,15 @@ impl StatefulOperator for SessionAggregate {
         let starts = columns[2 + other].as_primitive::<Int64Type>();
         let ends = columns[3 + other].as_primitive::<Int64Type>();
         for row in 0..file.rows.num_rows() {
-            self.sessions.entry(keys.row(row).owned()).or_default().push(Session {
+            let key = keys.row(row).owned();
+            let session = Session {
                 start: starts.value(row),
                 end: ends.value(row),
                 id: ids.value(row),
                 at: (0, row),
-            });
+            };
+            self.track(&key, &session);
+            self.sessions.entry(key).or_default().push(session);
         }
         for list in self.sessions.values_mut() {
             list.sort_by_key(|s| s.start);
