@@ -174,14 +174,16 @@ impl SessionAggregate {
         output_batch(&self.output_schema, keys, picked.len())
     }
 
-    /// The keys of `picked`, in its order.
-    fn key_rows(&self, picked: &[(&OwnedRow, Session)]) -> Rows {
+    /// The keys of `picked` in one buffer (which another thread can own), and its sessions.
+    fn unzip(&self, picked: Vec<(&OwnedRow, Session)>) -> (Rows, Vec<Session>) {
         let bytes = picked.iter().map(|(key, _)| key.as_ref().as_ref().len()).sum();
-        let mut rows = self.converter.empty_rows(picked.len(), bytes);
-        for (key, _) in picked {
-            rows.push(key.row());
+        let mut keys = self.converter.empty_rows(picked.len(), bytes);
+        let mut sessions = Vec::with_capacity(picked.len());
+        for (key, session) in picked {
+            keys.push(key.row());
+            sessions.push(session);
         }
-        rows
+        (keys, sessions)
     }
 
     /// Enters a session in the index by end.
@@ -467,8 +469,7 @@ impl StatefulOperator for SessionAggregate {
             })
             .collect();
         picked.sort_unstable_by_key(|(_, s)| s.id);
-        let keys = self.key_rows(&picked);
-        let sessions: Vec<Session> = picked.into_iter().map(|(_, s)| s).collect();
+        let (keys, sessions) = self.unzip(picked);
         Ok(StateFile {
             rows: self.layout().rows(&keys, &sessions, &self.states)?,
             removed: std::mem::take(&mut self.removed),
@@ -481,15 +482,13 @@ impl StatefulOperator for SessionAggregate {
         self.removed.clear();
     }
 
+    /// Every session, in no particular order (each is a bucket of its own).
     fn snapshot(&self) -> SnapshotJob {
-        let mut picked: Vec<(&OwnedRow, Session)> = self
+        let all = self
             .sessions
             .iter()
-            .flat_map(|(key, list)| list.iter().map(move |s| (key, *s)))
-            .collect();
-        picked.sort_unstable_by_key(|(_, s)| s.id);
-        let keys = self.key_rows(&picked);
-        let sessions: Vec<Session> = picked.into_iter().map(|(_, s)| s).collect();
+            .flat_map(|(key, list)| list.iter().map(move |s| (key, *s)));
+        let (keys, sessions) = self.unzip(all.collect());
         // The chunks are immutable and shared: the job sees the state as it is now.
         let states = self.states.clone();
         let layout = self.layout();
