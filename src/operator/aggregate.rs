@@ -187,11 +187,7 @@ impl StatefulOperator for StatefulAggregate {
             .collect::<Result<Vec<_>>>()?;
         let rows =
             concat_batches(&self.file_schema, &parts).map_err(|e| Error::Internal(format!("state delta: {e}")))?;
-        Ok(StateFile {
-            rows,
-            removed: std::mem::take(&mut self.removed),
-            snapshot: false,
-        })
+        Ok(StateFile::delta(rows, std::mem::take(&mut self.removed)))
     }
 
     fn discard_changes(&mut self) {
@@ -208,11 +204,7 @@ impl StatefulOperator for StatefulAggregate {
                 .map(|(end, view)| state_rows(&schema, end, 0..view.len(), view.columns()?))
                 .collect::<Result<Vec<_>>>()?;
             let rows = concat_batches(&schema, &parts).map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
-            Ok(StateFile {
-                rows,
-                removed: Vec::new(),
-                snapshot: true,
-            })
+            Ok(StateFile::snapshot(rows))
         })
     }
 

@@ -470,11 +470,8 @@ impl StatefulOperator for SessionAggregate {
             .collect();
         picked.sort_unstable_by_key(|(_, s)| s.id);
         let (keys, sessions) = self.unzip(picked);
-        Ok(StateFile {
-            rows: self.layout().rows(&keys, &sessions, &self.states)?,
-            removed: std::mem::take(&mut self.removed),
-            snapshot: false,
-        })
+        let rows = self.layout().rows(&keys, &sessions, &self.states)?;
+        Ok(StateFile::delta(rows, std::mem::take(&mut self.removed)))
     }
 
     fn discard_changes(&mut self) {
@@ -492,13 +489,7 @@ impl StatefulOperator for SessionAggregate {
         // The chunks are immutable and shared: the job sees the state as it is now.
         let states = self.states.clone();
         let layout = self.layout();
-        Box::new(move || {
-            Ok(StateFile {
-                rows: layout.rows(&keys, &sessions, &states)?,
-                removed: Vec::new(),
-                snapshot: true,
-            })
-        })
+        Box::new(move || Ok(StateFile::snapshot(layout.rows(&keys, &sessions, &states)?)))
     }
 
     fn restore(&mut self, file: &StateFile) -> Result<()> {

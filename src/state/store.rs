@@ -107,6 +107,24 @@ pub(crate) struct StateFile {
 }
 
 impl StateFile {
+    /// One version's change: `rows` upserted after the buckets `removed` are dropped.
+    pub(crate) fn delta(rows: RecordBatch, removed: Vec<i64>) -> Self {
+        StateFile {
+            rows,
+            removed,
+            snapshot: false,
+        }
+    }
+
+    /// A whole state.
+    pub(crate) fn snapshot(rows: RecordBatch) -> Self {
+        StateFile {
+            rows,
+            removed: Vec::new(),
+            snapshot: true,
+        }
+    }
+
     fn encode(&self) -> Result<Bytes> {
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
         // Sized up front: growing the buffer would copy the state over and over.
@@ -540,11 +558,9 @@ pub(crate) fn fold(files: &[StateFile]) -> Result<StateFile> {
         let arrays: Vec<&dyn Array> = files.iter().map(|f| f.rows.column(c).as_ref()).collect();
         columns.push(interleave(&arrays, &at).map_err(internal)?);
     }
-    Ok(StateFile {
-        rows: RecordBatch::try_new(schema, columns).map_err(internal)?,
-        removed: Vec::new(),
-        snapshot: true,
-    })
+    Ok(StateFile::snapshot(
+        RecordBatch::try_new(schema, columns).map_err(internal)?,
+    ))
 }
 
 #[cfg(test)]
