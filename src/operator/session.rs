@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray};
+use datafusion::arrow::compute::{cast, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
@@ -29,7 +29,7 @@ use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch}
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
-use crate::state::groups::{Aggregates, gather};
+use crate::state::groups::{Aggregates, gather, take_rows};
 use crate::state::store::{SnapshotJob, bucket_rows, file_schema};
 
 /// One session of one key: its span in nanoseconds, its id and where its state row is.
@@ -366,12 +366,11 @@ impl StatefulOperator for SessionAggregate {
             let old_states = gather(&self.states, &old_at, &self.state_schema)?;
             let mut inputs: Vec<(Vec<ArrayRef>, Vec<usize>)> = vec![(old_states, old_group)];
             for (b, batch) in partial.iter().enumerate() {
-                let indices = UInt32Array::from(std::mem::take(&mut new_rows[b]));
                 let columns = batch.columns();
-                let states = columns[self.key_count..columns.len() - 1]
-                    .iter()
-                    .map(|c| take(c.as_ref(), &indices, None).map_err(|e| Error::Internal(format!("{e}"))))
-                    .collect::<Result<Vec<_>>>()?;
+                let states = take_rows(
+                    &columns[self.key_count..columns.len() - 1],
+                    std::mem::take(&mut new_rows[b]),
+                )?;
                 inputs.push((states, std::mem::take(&mut new_group[b])));
             }
             let refs: Vec<(&[ArrayRef], &[usize])> = inputs.iter().map(|(s, g)| (s.as_slice(), g.as_slice())).collect();

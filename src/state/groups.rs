@@ -339,14 +339,14 @@ impl TableView {
     }
 }
 
-/// Rows `rows` of each of `columns` (group keys).
-fn take_rows(columns: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<ArrayRef>> {
+/// Rows `rows` of each of `columns`.
+pub(crate) fn take_rows(columns: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<ArrayRef>> {
     let indices = UInt32Array::from(rows);
     columns
         .iter()
         .map(|c| take(c.as_ref(), &indices, None))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal(format!("group keys: {e}")))
+        .map_err(|e| Error::Internal(format!("taking rows: {e}")))
 }
 
 /// Rows `at = (chunk, row)` of `chunks`, column by column.
