@@ -17,7 +17,9 @@
 //!   next batch is done. Target for 1M groups: under 2 s.
 //!
 //! Run with `cargo bench --bench checkpoint` (`-- sessions` for one workload); the disk checkpoint
-//! goes to the temporary directory (`TMPDIR`).
+//! goes to the temporary directory (`TMPDIR`). Its cost depends on the file system more than on
+//! anything of ours: compare `TMPDIR=/dev/shm` with the disk, and see the open questions in
+//! `docs/design/02_checkpoints.md`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
