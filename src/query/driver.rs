@@ -75,6 +75,15 @@ async fn finish(write: Option<Background>) -> Result<()> {
     }
 }
 
+/// Waits for a batch's offsets entry to be written and returns how long it took: the batch's
+/// `walCommit` time, as Spark calls the writing of its offsets log. The entry is written while the
+/// batch is read and processed, so this is only the part the batch had to wait for.
+async fn wait_for_offsets(write: Option<Background>) -> Result<Duration> {
+    let start = Instant::now();
+    finish(write).await?;
+    Ok(start.elapsed())
+}
+
 /// After batch `batch_id` committed: old checkpoint entries go and the state's `snapshot` is
 /// written if one was taken, both in the background.
 fn clean_up(
@@ -309,7 +318,7 @@ impl Driver {
                 let span = tracing::info_span!("batch", batch_id);
                 let counters: Vec<Arc<AtomicU64>> = cursors.iter().map(|_| Arc::default()).collect();
                 let mut operator_metrics = None;
-                let (get_batch_ms, add_batch_ms, output_rows) = async {
+                let (get_batch_ms, add_batch_ms, wal_commit_ms, output_rows) = async {
                     let read_start = Instant::now();
                     let mut inputs = Vec::with_capacity(scan_cursor.len());
                     for (scan, &c) in self.plan.scans().iter().zip(&scan_cursor) {
@@ -332,6 +341,7 @@ impl Driver {
                     let get_batch_ms = read_start.elapsed().as_millis() as u64;
                     let add_start = Instant::now();
                     let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
+                    let wal_commit;
                     let rows = match (operator.as_mut(), self.plan.aggregate()) {
                         (Some(operator), Some(aggregate)) => {
                             let partial = collect(bound, self.state.task_ctx()).await?;
@@ -343,7 +353,7 @@ impl Driver {
                             )?;
                             operator_metrics = Some(metrics);
                             let output = execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?;
-                            finish(logging.take()).await?;
+                            wal_commit = wait_for_offsets(logging.take()).await?;
                             // The state's changes are written after the batch, with its commit.
                             changes = match &store {
                                 // A due snapshot is taken now, as the state is after this batch.
@@ -360,12 +370,18 @@ impl Driver {
                         }
                         _ => {
                             let output = execute_stream(bound, self.state.task_ctx())?;
-                            finish(logging.take()).await?;
+                            wal_commit = wait_for_offsets(logging.take()).await?;
                             self.sink.add_batch(batch_id, self.output_mode, output).await?
                         }
                     };
                     tracing::debug!(rows, "batch written");
-                    Ok::<_, Error>((get_batch_ms, add_start.elapsed().as_millis() as u64, rows))
+                    let add_batch = add_start.elapsed().saturating_sub(wal_commit);
+                    Ok::<_, Error>((
+                        get_batch_ms,
+                        add_batch.as_millis() as u64,
+                        wal_commit.as_millis() as u64,
+                        rows,
+                    ))
                 }
                 .instrument(span)
                 .await
@@ -414,6 +430,7 @@ impl Driver {
                     latest_offset_ms,
                     get_batch_ms,
                     add_batch_ms,
+                    wal_commit_ms,
                     output_rows,
                     cursors: &cursors,
                     starts,
@@ -543,6 +560,7 @@ impl Driver {
                 ("latestOffset", r.latest_offset_ms),
                 ("getBatch", r.get_batch_ms),
                 ("addBatch", r.add_batch_ms),
+                ("walCommit", r.wal_commit_ms),
                 ("triggerExecution", duration.as_millis() as u64),
             ]
             .into_iter()
@@ -593,6 +611,8 @@ struct Report<'a> {
     latest_offset_ms: u64,
     get_batch_ms: u64,
     add_batch_ms: u64,
+    /// Time the batch waited for its offsets entry.
+    wal_commit_ms: u64,
     output_rows: u64,
     cursors: &'a [SourceCursor],
     starts: Vec<Option<Offset>>,

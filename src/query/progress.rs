@@ -27,7 +27,9 @@ pub struct StreamingQueryProgress {
     pub input_rows_per_second: f64,
     /// Input rows per second of this batch's processing time.
     pub processed_rows_per_second: f64,
-    /// Time per phase, in milliseconds: `latestOffset`, `getBatch`, `addBatch`, `triggerExecution`.
+    /// Time per phase, in milliseconds: `latestOffset`, `getBatch`, `addBatch`, `walCommit` (the
+    /// time the batch waited for its offsets entry, which is written while the batch runs), and
+    /// `triggerExecution` (all of it).
     pub duration_ms: BTreeMap<String, u64>,
     /// Event-time statistics, such as the current `watermark`, as ISO 8601 strings.
     pub event_time: BTreeMap<String, String>,
