@@ -16,7 +16,7 @@ use datafusion::common::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat, interleave, take};
+use datafusion::arrow::compute::{concat, interleave, take_arrays};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
@@ -341,12 +341,7 @@ impl TableView {
 
 /// Rows `rows` of each of `columns`.
 pub(crate) fn take_rows(columns: &[ArrayRef], rows: Vec<u32>) -> Result<Vec<ArrayRef>> {
-    let indices = UInt32Array::from(rows);
-    columns
-        .iter()
-        .map(|c| take(c.as_ref(), &indices, None))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Internal(format!("taking rows: {e}")))
+    take_arrays(columns, &UInt32Array::from(rows), None).map_err(|e| Error::Internal(format!("taking rows: {e}")))
 }
 
 /// Rows `at = (chunk, row)` of `chunks`, column by column.
