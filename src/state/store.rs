@@ -1,10 +1,16 @@
-//! The state store: versions of an operator's state, as delta and snapshot files per shard.
+//! The state store: versions of an operator's state, as one delta or snapshot file per version.
 //!
 //! # Background
-//! After batch N, each shard writes `state/<operator>/<shard>/<N>.delta`: the rows it upserted and
-//! the buckets (windows) it dropped in that batch. Writing only changes keeps the cost of a batch
-//! proportional to what it touched, not to the size of the state. Restoring version N reads the
-//! latest `<S>.snapshot` with S <= N and applies the deltas S+1..=N in order.
+//! After batch N the store writes `state/<operator>/<N>.delta`: for every shard, the rows it
+//! upserted and the buckets (windows) it dropped in that batch. Writing only changes keeps the cost
+//! of a batch proportional to what it touched, not to the size of the state. Restoring version N
+//! reads the latest `<S>.snapshot` with S <= N and applies the deltas S+1..=N in order.
+//!
+//! One file holds every shard, each shard's rows as record batches of their own: the number of
+//! files a batch creates (and clean-up later deletes) does not grow with `state_partitions`, which
+//! is what a batch pays for on a local disk (a file costs more there than its bytes) and in an
+//! object store (a request per file). An IPC file's footer locates every record batch, so a
+//! shard's part can still be read on its own.
 //!
 //! Snapshots are made off the batch path: the operator hands over a frozen view of its state
 //! (shared immutable chunks), and a background thread at the lowest CPU priority writes it out;
@@ -16,15 +22,15 @@
 //! rows as it does (or after [`MAX_INTERVALS`] intervals): snapshots then never write more rows
 //! than the deltas did, and a restore never reads more than about twice the state.
 //!
-//! Every file has the same columns: the bucket (window end), the group's slot, the group keys and
-//! the aggregate states. A group's slot is its number within its bucket, handed out in order of
-//! first appearance and never reused, so a row replaces the stored row of the same bucket and slot
-//! and folding files never compares keys. Restoring interns the keys in slot order, which gives
-//! every group its old slot back. Session windows, whose keys change as sessions merge, make each
-//! session a bucket of its own (slot 0).
+//! Every shard's rows have the same columns: the bucket (window end), the group's slot, the group
+//! keys and the aggregate states. A group's slot is its number within its bucket, handed out in
+//! order of first appearance and never reused, so a row replaces the stored row of the same bucket
+//! and slot and folding files never compares keys. Restoring interns the keys in slot order, which
+//! gives every group its old slot back. Session windows, whose keys change as sessions merge, make
+//! each session a bucket of its own (slot 0).
 //!
-//! Files are Arrow IPC; what is not rows (the dropped buckets, the kind of file) travels in the
-//! file's custom metadata.
+//! Files are Arrow IPC; what is not rows (the kind of file, and per shard its number of record
+//! batches and dropped buckets) travels in the file's custom metadata.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -36,6 +42,7 @@ use datafusion::arrow::compute::interleave;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, SchemaRef, UInt32Type};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::checkpoint::{CLEAN_EVERY, Dir, Write};
 use crate::error::{Error, Result};
@@ -46,8 +53,19 @@ const BUCKET_COLUMN: &str = "__tidewater_bucket";
 /// Name of the second column: the group's slot within its bucket.
 const SLOT_COLUMN: &str = "__tidewater_slot";
 
+/// Metadata key of the file's kind: `delta` or `snapshot`.
 const KIND: &str = "tidewater.kind";
-const REMOVED: &str = "tidewater.removed_buckets";
+/// Metadata key of what the file holds per shard, in shard order ([`ShardEntry`] as JSON).
+const SHARDS: &str = "tidewater.shards";
+
+/// What a state file says of one shard besides its rows.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ShardEntry {
+    /// How many of the file's record batches, following the previous shard's, are this shard's.
+    batches: usize,
+    /// The buckets the shard dropped whole.
+    removed: Vec<i64>,
+}
 
 /// The columns of an operator's state files: bucket and slot, then `columns` (keys and states).
 pub(crate) fn file_schema(columns: impl IntoIterator<Item = FieldRef>) -> SchemaRef {
@@ -125,52 +143,6 @@ impl StateFile {
         }
     }
 
-    fn encode(&self) -> Result<Bytes> {
-        let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
-        // Sized up front: growing the buffer would copy the state over and over.
-        let capacity = self.rows.get_array_memory_size() + 4096;
-        let mut writer = FileWriter::try_new(Vec::with_capacity(capacity), &self.rows.schema()).map_err(internal)?;
-        writer.write_metadata(KIND, if self.snapshot { "snapshot" } else { "delta" });
-        writer.write_metadata(
-            REMOVED,
-            serde_json::to_string(&self.removed).map_err(|e| Error::Internal(e.to_string()))?,
-        );
-        writer.write(&self.rows).map_err(internal)?;
-        writer.finish().map_err(internal)?;
-        Ok(Bytes::from(writer.into_inner().map_err(internal)?))
-    }
-
-    fn decode(bytes: Bytes, file: &str) -> Result<Self> {
-        let damaged = |message: String| Error::Checkpoint {
-            file: file.to_string(),
-            message,
-        };
-        let reader = FileReader::try_new(Cursor::new(bytes), None)
-            .map_err(|e| damaged(format!("not a readable state file ({e}); it is damaged or truncated")))?;
-        let metadata = reader.custom_metadata().clone();
-        let field = |key: &str| {
-            metadata
-                .get(key)
-                .cloned()
-                .ok_or_else(|| damaged(format!("no '{key}' in its metadata")))
-        };
-        let snapshot = field(KIND)? == "snapshot";
-        let removed = serde_json::from_str(&field(REMOVED)?).map_err(|e| damaged(format!("'{REMOVED}': {e}")))?;
-        let schema = reader.schema();
-        let batches = reader
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged or truncated")))?;
-        let rows = datafusion::arrow::compute::concat_batches(&schema, &batches)
-            .map_err(|e| Error::Internal(format!("state file rows: {e}")))?;
-        let file = StateFile {
-            rows,
-            removed,
-            snapshot,
-        };
-        file.buckets().and(file.slots()).map_err(|e| damaged(e.to_string()))?;
-        Ok(file)
-    }
-
     /// The bucket of each row.
     pub(crate) fn buckets(&self) -> Result<&Int64Array> {
         (self.rows.num_columns() > 0)
@@ -201,6 +173,99 @@ impl StateFile {
     }
 }
 
+/// Encodes one version of every shard's state, shards in order, as one Arrow IPC file: each
+/// shard's rows are record batches of their own, and the file's metadata says how many batches and
+/// which dropped buckets belong to each shard. Shards are taken one at a time, so a snapshot holds
+/// at most one shard's rows besides the bytes written. Returns the bytes and the rows written.
+///
+/// `capacity` sizes the buffer up front: growing it would copy the state over and over.
+fn encode(
+    shards: impl IntoIterator<Item = Result<StateFile>>,
+    snapshot: bool,
+    capacity: usize,
+) -> Result<(Bytes, u64)> {
+    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
+    let mut writer: Option<FileWriter<Vec<u8>>> = None;
+    let (mut entries, mut rows) = (Vec::new(), 0);
+    for shard in shards {
+        let shard = shard?;
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => writer
+                .insert(FileWriter::try_new(Vec::with_capacity(capacity), &shard.rows.schema()).map_err(internal)?),
+        };
+        let batches = usize::from(shard.rows.num_rows() > 0);
+        if batches > 0 {
+            writer.write(&shard.rows).map_err(internal)?;
+        }
+        rows += shard.rows.num_rows() as u64;
+        entries.push(ShardEntry {
+            batches,
+            removed: shard.removed,
+        });
+    }
+    let mut writer = writer.ok_or_else(|| Error::Internal("a state file of no shards".into()))?;
+    writer.write_metadata(KIND, if snapshot { "snapshot" } else { "delta" });
+    writer.write_metadata(
+        SHARDS,
+        serde_json::to_string(&entries).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    writer.finish().map_err(internal)?;
+    Ok((Bytes::from(writer.into_inner().map_err(internal)?), rows))
+}
+
+/// Decodes the state file `file` (its name, for messages) of a checkpoint with `shards` shards:
+/// each shard's part, in shard order.
+fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<StateFile>> {
+    let damaged = |message: String| Error::Checkpoint {
+        file: file.to_string(),
+        message,
+    };
+    let mut reader = FileReader::try_new(Cursor::new(bytes), None)
+        .map_err(|e| damaged(format!("not a readable state file ({e}); it is damaged or truncated")))?;
+    let metadata = reader.custom_metadata().clone();
+    let field = |key: &str| {
+        metadata
+            .get(key)
+            .ok_or_else(|| damaged(format!("no '{key}' in its metadata")))
+    };
+    let snapshot = field(KIND)? == "snapshot";
+    let entries: Vec<ShardEntry> =
+        serde_json::from_str(field(SHARDS)?).map_err(|e| damaged(format!("'{SHARDS}': {e}")))?;
+    if entries.len() != shards {
+        return Err(damaged(format!(
+            "holds {} shards where the checkpoint has {shards}",
+            entries.len()
+        )));
+    }
+    let schema = reader.schema();
+    entries
+        .into_iter()
+        .map(|entry| {
+            let batches = reader
+                .by_ref()
+                .take(entry.batches)
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged or truncated")))?;
+            if batches.len() != entry.batches {
+                return Err(damaged("fewer record batches than its metadata lists".into()));
+            }
+            let rows = match <[RecordBatch; 1]>::try_from(batches) {
+                Ok([rows]) => rows,
+                Err(batches) => datafusion::arrow::compute::concat_batches(&schema, &batches)
+                    .map_err(|e| Error::Internal(format!("state file rows: {e}")))?,
+            };
+            let part = StateFile {
+                rows,
+                removed: entry.removed,
+                snapshot,
+            };
+            part.buckets().and(part.slots()).map_err(|e| damaged(e.to_string()))?;
+            Ok(part)
+        })
+        .collect()
+}
+
 /// However few rows the deltas hold, a snapshot is due after this many snapshot intervals, so
 /// that a restore never reads more than this many intervals of delta files.
 pub(crate) const MAX_INTERVALS: u64 = 100;
@@ -212,7 +277,7 @@ pub(crate) const MAX_INTERVALS: u64 = 100;
 struct Files {
     /// The oldest version whose files may exist.
     first: u64,
-    /// Versions with a snapshot in every shard, ascending.
+    /// Versions with a snapshot, ascending.
     snapshots: Vec<u64>,
     /// Rows of the latest snapshot, all shards together.
     snapshot_rows: u64,
@@ -232,14 +297,18 @@ impl Files {
 }
 
 /// State files with fewer rows are encoded on the task that writes them.
-const ENCODE_INLINE_ROWS: usize = 65_536;
+const ENCODE_INLINE_ROWS: u64 = 65_536;
+
+/// State files read at once when a version is restored.
+const CONCURRENT_READS: usize = 8;
 
 /// Work that turns a frozen view of one shard's state into a snapshot, run off the batch path.
 pub(crate) type SnapshotJob = Box<dyn FnOnce() -> Result<StateFile> + Send>;
 
-/// The state files of one operator, shard by shard.
+/// The state files of one operator.
 #[derive(Debug)]
 pub(crate) struct StateStore {
+    /// The operator's folder, `state/<operator>`.
     dir: Dir,
     shards: usize,
     snapshot_interval: u64,
@@ -279,67 +348,81 @@ impl StateStore {
         }
     }
 
-    fn shard(&self, shard: usize) -> Dir {
-        self.dir.child(&shard.to_string())
-    }
-
-    /// Writes version `version`: one delta per shard, concurrently.
-    pub(crate) async fn write(&self, version: u64, files: Vec<StateFile>) -> Result<()> {
-        if files.len() != self.shards {
+    /// Writes version `version`: every shard's delta, in shard order, as one file.
+    pub(crate) async fn write(&self, version: u64, deltas: Vec<StateFile>) -> Result<()> {
+        if deltas.len() != self.shards {
             return Err(Error::Internal(format!(
-                "{} state files for {} shards",
-                files.len(),
+                "{} state deltas for {} shards",
+                deltas.len(),
                 self.shards
             )));
         }
-        let rows: u64 = files.iter().map(|f| f.rows.num_rows() as u64).sum();
-        let writes = files.into_iter().enumerate().map(|(shard, file)| async move {
-            let name = file_name(version, false);
-            // A small delta encodes in less time than handing it to another thread takes.
-            let bytes = match file.rows.num_rows() < ENCODE_INLINE_ROWS {
-                true => file.encode()?,
-                false => tokio::task::spawn_blocking(move || file.encode())
-                    .await
-                    .map_err(|e| Error::Internal(format!("encoding state: {e}")))??,
-            };
-            self.shard(shard).put(&name, bytes, Write::Replace).await
-        });
-        futures::future::try_join_all(writes).await?;
+        let capacity = deltas.iter().map(|d| d.rows.get_array_memory_size()).sum::<usize>() + 4096;
+        let rows: u64 = deltas.iter().map(|d| d.rows.num_rows() as u64).sum();
+        let encode = move || encode(deltas.into_iter().map(Ok), false, capacity);
+        // A small delta encodes in less time than handing it to another thread takes.
+        let (bytes, _) = match rows < ENCODE_INLINE_ROWS {
+            true => encode()?,
+            false => tokio::task::spawn_blocking(encode)
+                .await
+                .map_err(|e| Error::Internal(format!("encoding state: {e}")))??,
+        };
+        self.dir.put(&file_name(version, false), bytes, Write::Replace).await?;
         lock(&self.files).delta_rows += rows;
         Ok(())
     }
 
     /// Version `version` of each shard's state, folded into one snapshot per shard.
     pub(crate) async fn load(&self, version: u64) -> Result<Vec<StateFile>> {
-        let dirs: Vec<Dir> = (0..self.shards).map(|shard| self.shard(shard)).collect();
-        let listings = futures::future::try_join_all(dirs.iter().map(|dir| dir.list())).await?;
-        let listings: Vec<(Vec<u64>, Vec<u64>)> = listings.iter().map(|names| versions(names)).collect();
-        let mut files = Files {
-            first: listings
+        let (deltas, snapshots) = versions(&self.dir.list().await?);
+        let base = snapshots.iter().rev().find(|s| **s <= version).copied();
+        let names: Vec<String> = base
+            .map(|b| file_name(b, true))
+            .into_iter()
+            .chain((base.map_or(0, |b| b + 1)..=version).map(|v| file_name(v, false)))
+            .collect();
+        let files: Vec<Vec<StateFile>> = futures::stream::iter(names)
+            .map(|name| async move { read(&self.dir, &name, self.shards).await })
+            .buffered(CONCURRENT_READS)
+            .try_collect()
+            .await?;
+        // File by file to shard by shard.
+        let mut shards: Vec<Vec<StateFile>> = (0..self.shards).map(|_| Vec::with_capacity(files.len())).collect();
+        for file in files {
+            for (shard, part) in shards.iter_mut().zip(file) {
+                shard.push(part);
+            }
+        }
+        let rows = |snapshot: bool| -> u64 {
+            shards
                 .iter()
-                .flat_map(|(deltas, snapshots)| deltas.first().into_iter().chain(snapshots.first()))
+                .flatten()
+                .filter(|part| part.snapshot == snapshot)
+                .map(|part| part.rows.num_rows() as u64)
+                .sum()
+        };
+        *lock(&self.files) = Files {
+            first: deltas
+                .first()
+                .into_iter()
+                .chain(snapshots.first())
                 .min()
                 .copied()
                 .unwrap_or(0),
-            snapshots: listings[0]
-                .1
-                .iter()
-                .filter(|v| listings.iter().all(|(_, snapshots)| snapshots.contains(v)))
-                .copied()
-                .collect(),
-            ..Files::default()
+            snapshot_rows: rows(true),
+            delta_rows: rows(false),
+            snapshots,
         };
-        let loads = dirs
-            .into_iter()
-            .zip(&listings)
-            .map(|(dir, (_, snapshots))| load_shard(dir, snapshots, version));
-        let shards = futures::future::try_join_all(loads).await?;
-        for (_, (snapshot_rows, delta_rows)) in &shards {
-            files.snapshot_rows += snapshot_rows;
-            files.delta_rows += delta_rows;
-        }
-        *lock(&self.files) = files;
-        Ok(shards.into_iter().map(|(state, _)| state).collect())
+        let folds = shards.into_iter().map(|parts| async move {
+            tokio::task::spawn_blocking(move || fold(&parts))
+                .await
+                .map_err(|e| Error::Internal(format!("folding state: {e}")))?
+                .map_err(|e| Error::Checkpoint {
+                    file: self.dir.display(&file_name(version, false)),
+                    message: format!("state version {version} cannot be rebuilt: {e}"),
+                })
+        });
+        futures::future::try_join_all(folds).await
     }
 
     /// Whether the state after version `version` should be snapshotted; see the module docs.
@@ -359,16 +442,13 @@ impl StateStore {
         if snapshot.is_none() && !version.is_multiple_of(CLEAN_EVERY) || self.busy() {
             return;
         }
-        let dirs: Vec<Dir> = (0..self.shards).map(|s| self.shard(s)).collect();
+        let dir = self.dir.clone();
         let files = self.files.clone();
         let written = lock(&files).delta_rows;
         let task = tokio::spawn(async move {
             let work = async {
                 if let Some(jobs) = snapshot {
-                    let mut rows = 0;
-                    for (dir, job) in dirs.iter().zip(jobs) {
-                        rows += write_snapshot(dir, version, job).await?;
-                    }
+                    let rows = write_snapshot(&dir, version, jobs).await?;
                     let mut now = lock(&files);
                     now.snapshots.push(version);
                     now.snapshot_rows = rows;
@@ -376,7 +456,7 @@ impl StateStore {
                     now.delta_rows = now.delta_rows.saturating_sub(written);
                     tracing::debug!(version, rows, "state snapshot written");
                 }
-                clean(&dirs, &files, oldest_kept).await
+                clean(&dir, &files, oldest_kept).await
             };
             // The deltas are all there: a failed snapshot only means a longer restore.
             if let Err(e) = work.await {
@@ -399,51 +479,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn read(dir: &Dir, name: &str) -> Result<StateFile> {
+/// The state file `name` of a checkpoint with `shards` shards: each shard's part.
+async fn read(dir: &Dir, name: &str, shards: usize) -> Result<Vec<StateFile>> {
     let bytes = dir.get(name).await?.ok_or_else(|| Error::Checkpoint {
         file: dir.display(name),
         message: "missing: the state version cannot be restored without it".into(),
     })?;
     let file = dir.display(name);
-    tokio::task::spawn_blocking(move || StateFile::decode(bytes, &file))
+    tokio::task::spawn_blocking(move || decode(bytes, &file, shards))
         .await
         .map_err(|e| Error::Internal(format!("decoding state: {e}")))?
 }
 
-/// Version `version` of one shard folded into a snapshot, and the rows of the snapshot and of the
-/// deltas it was folded from.
-async fn load_shard(dir: Dir, snapshots: &[u64], version: u64) -> Result<(StateFile, (u64, u64))> {
-    let base = snapshots.iter().rev().find(|s| **s <= version).copied();
-    let mut files = Vec::new();
-    if let Some(base) = base {
-        files.push(read(&dir, &file_name(base, true)).await?);
-    }
-    for v in base.map_or(0, |b| b + 1)..=version {
-        files.push(read(&dir, &file_name(v, false)).await?);
-    }
-    let rows = |snapshot: bool| {
-        files
-            .iter()
-            .filter(|f| f.snapshot == snapshot)
-            .map(|f| f.rows.num_rows() as u64)
-            .sum()
-    };
-    let rows = (rows(true), rows(false));
-    let folded = tokio::task::spawn_blocking(move || fold(&files))
-        .await
-        .map_err(|e| Error::Internal(format!("folding state: {e}")))?
-        .map_err(|e| Error::Checkpoint {
-            file: dir.display(&file_name(version, false)),
-            message: format!("state version {version} cannot be rebuilt: {e}"),
-        })?;
-    Ok((folded, rows))
-}
-
-/// Makes one shard's snapshot of version `version` and writes it; returns its rows.
-async fn write_snapshot(dir: &Dir, version: u64, job: SnapshotJob) -> Result<u64> {
+/// Makes the snapshot of version `version` from every shard's job, one shard after another, and
+/// writes it; returns its rows.
+async fn write_snapshot(dir: &Dir, version: u64, jobs: Vec<SnapshotJob>) -> Result<u64> {
     let (bytes, rows) = at_idle_priority(move || {
-        let snapshot = job()?;
-        Ok::<_, Error>((snapshot.encode()?, snapshot.rows.num_rows() as u64))
+        let mut shards = jobs.into_iter().map(|job| job());
+        // Sized for every shard as large as the first.
+        let count = shards.len();
+        let first = shards.next().transpose()?;
+        let capacity = first.as_ref().map_or(0, |f| f.rows.get_array_memory_size()) * count + 4096;
+        encode(first.map(Ok).into_iter().chain(shards), true, capacity)
     })
     .await??;
     dir.put(&file_name(version, true), bytes, Write::Replace).await?;
@@ -478,8 +535,8 @@ fn lower_priority() {
 }
 
 /// Deletes the files that restoring any version from `oldest_kept` on does not read: everything
-/// before the latest snapshot at or below `oldest_kept` (made in every shard).
-async fn clean(dirs: &[Dir], files: &Mutex<Files>, oldest_kept: u64) -> Result<()> {
+/// before the latest snapshot at or below `oldest_kept`.
+async fn clean(dir: &Dir, files: &Mutex<Files>, oldest_kept: u64) -> Result<()> {
     let (first, base) = {
         let kept = lock(files);
         match kept.snapshots.iter().rev().find(|s| **s <= oldest_kept) {
@@ -487,12 +544,10 @@ async fn clean(dirs: &[Dir], files: &Mutex<Files>, oldest_kept: u64) -> Result<(
             None => return Ok(()),
         }
     };
-    for dir in dirs {
-        for v in first..=base {
-            dir.delete(&file_name(v, false)).await?;
-            if v < base {
-                dir.delete(&file_name(v, true)).await?;
-            }
+    for v in first..=base {
+        dir.delete(&file_name(v, false)).await?;
+        if v < base {
+            dir.delete(&file_name(v, true)).await?;
         }
     }
     let mut kept = lock(files);
@@ -675,14 +730,30 @@ mod tests {
     }
 
     #[test]
-    fn a_state_file_round_trips_and_a_truncated_one_is_named() {
-        let original = file(&[(10, 0, "a", 1), (20, 0, "b", 2)], &[5, 7], false);
-        let bytes = original.encode().unwrap();
-        let back = StateFile::decode(bytes.clone(), "cp/state/0/0/3.delta").unwrap();
-        assert_eq!(content(&back), content(&original));
-        assert_eq!(back.removed, [5, 7]);
-        assert!(!back.snapshot);
-        let error = StateFile::decode(bytes.slice(..bytes.len() - 20), "cp/state/0/0/3.delta").unwrap_err();
-        assert!(error.to_string().contains("cp/state/0/0/3.delta"), "{error}");
+    fn a_state_file_holds_every_shard_and_round_trips() {
+        // Three shards: one with rows and dropped buckets, one without changes, one with rows.
+        let shards = [
+            file(&[(10, 0, "a", 1), (20, 0, "b", 2)], &[5, 7], false),
+            file(&[], &[], false),
+            file(&[(10, 0, "c", 3)], &[], false),
+        ];
+        let (bytes, rows) = encode(shards.iter().cloned().map(Ok), false, 0).unwrap();
+        assert_eq!(rows, 3);
+        let back = decode(bytes.clone(), "cp/state/0/3.delta", 3).unwrap();
+        assert_eq!(back.len(), 3);
+        for (back, original) in back.iter().zip(&shards) {
+            assert_eq!(content(back), content(original));
+            assert_eq!(back.removed, original.removed);
+            assert!(!back.snapshot);
+        }
+
+        // A truncated file, or one of another number of shards, is an error naming the file.
+        let error = decode(bytes.slice(..bytes.len() - 20), "cp/state/0/3.delta", 3).unwrap_err();
+        assert!(error.to_string().contains("cp/state/0/3.delta"), "{error}");
+        let error = decode(bytes, "cp/state/0/3.delta", 2).unwrap_err();
+        assert!(
+            error.to_string().contains("cp/state/0/3.delta") && error.to_string().contains("holds 3 shards"),
+            "{error}"
+        );
     }
 }

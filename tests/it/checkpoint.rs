@@ -197,7 +197,7 @@ async fn damaged_checkpoint_files_are_errors_naming_the_file() {
     let (_dir, checkpoint, session) = one_committed_batch(1).await;
 
     // A truncated state file: the query fails naming it, and nothing starts afresh.
-    let delta = checkpoint.join("state/0/0/0.delta");
+    let delta = checkpoint.join("state/0/0.delta");
     let bytes = std::fs::read(&delta).unwrap();
     std::fs::write(&delta, &bytes[..bytes.len() / 2]).unwrap();
     let query = counts(&session, &checkpoint, "").await;
@@ -207,7 +207,7 @@ async fn damaged_checkpoint_files_are_errors_naming_the_file() {
         .expect_err("damaged state")
         .to_string();
     assert!(
-        error.contains("state/0/0/0.delta") && error.contains("damaged or truncated"),
+        error.contains("state/0/0.delta") && error.contains("damaged or truncated"),
         "{error}"
     );
     std::fs::write(&delta, &bytes).unwrap();
@@ -253,7 +253,7 @@ async fn old_checkpoint_files_are_cleaned_up_and_the_rest_still_restores() {
         offsets.len() <= 14 && offsets.contains(&"30".to_string()),
         "{offsets:?}"
     );
-    let state = entries(&checkpoint.join("state/0/0"));
+    let state = entries(&checkpoint.join("state/0"));
     // Snapshots are made in the background (one at a time), so where they fall varies a little;
     // files that no version from the retained ones needs are gone either way.
     let versions: Vec<u64> = state
@@ -394,11 +394,15 @@ async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_
     assert!(!temporary[0].exists(), "removed when the query stopped");
 }
 
-/// The rows of a state file and the buckets it removes (as written in its metadata).
+/// The rows of a one-shard state file and the buckets it removes (as written in its metadata).
 fn state_file(path: &Path) -> (usize, String) {
     let file = std::fs::File::open(path).unwrap();
     let reader = tidewater::arrow::ipc::reader::FileReader::try_new(file, None).unwrap();
-    let removed = reader.custom_metadata()["tidewater.removed_buckets"].clone();
+    let shards: serde_json::Value = serde_json::from_str(&reader.custom_metadata()["tidewater.shards"]).unwrap();
+    let [shard] = shards.as_array().unwrap().as_slice() else {
+        panic!("one shard: {shards}")
+    };
+    let removed = shard["removed"].to_string();
     (reader.map(|batch| batch.unwrap().num_rows()).sum(), removed)
 }
 
@@ -445,7 +449,7 @@ async fn session_windows_checkpoint_only_the_sessions_a_batch_changed() {
     }
     query.stop().await.unwrap();
 
-    let state = checkpoint.join("state/0/0");
+    let state = checkpoint.join("state/0");
     assert_eq!(entries(&state), ["0.delta", "1.delta", "2.delta", "3.delta"]);
     let deltas: Vec<(usize, String)> = (0..4).map(|v| state_file(&state.join(format!("{v}.delta")))).collect();
     // Sessions are numbered 0..=9, then 10 for u1's second one, which the join removes: the

@@ -182,7 +182,7 @@ fn arrived(moment: Moment, paths: &Paths, before: usize) -> bool {
         (Moment::TotalsLogged, Some(_)) => true,
         (Moment::BatchLogged, Some(_)) => true,
         (Moment::SinkWriting, Some(_)) => count_files(&paths.output, ".parquet") > before,
-        (Moment::StateWritten, Some(batch)) => paths.checkpoint.join(format!("state/0/1/{batch}.delta")).exists(),
+        (Moment::StateWritten, Some(batch)) => paths.checkpoint.join(format!("state/0/{batch}.delta")).exists(),
     }
 }
 
@@ -285,7 +285,7 @@ async fn crash_and_compare(database: impl FnOnce(&Path) -> Database) {
                 .join("_tidewater_metadata")
                 .join(batch.to_string())
                 .exists() as u32;
-            state_written += crashing.checkpoint.join(format!("state/0/0/{batch}.delta")).exists() as u32;
+            state_written += crashing.checkpoint.join(format!("state/0/{batch}.delta")).exists() as u32;
         }
     }
     drop_files(FILES, &mut next);
