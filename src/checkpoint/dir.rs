@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datafusion::object_store::path::Path;
-use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 use crate::error::{Error, Result};
 
@@ -101,6 +101,21 @@ impl Dir {
         }
     }
 
+    /// Starts writing file `name` in parts, for a file too large to hold whole in memory. It
+    /// replaces any file of that name once finished.
+    pub(crate) async fn upload(&self, name: &str) -> Result<Upload> {
+        let upload = self
+            .store
+            .put_multipart(&self.path.clone().join(name))
+            .await
+            .map_err(|e| self.store_error("writing", name, e))?;
+        Ok(Upload {
+            parts: WriteMultipart::new(upload),
+            dir: self.clone(),
+            name: name.to_string(),
+        })
+    }
+
     /// Deletes file `name`; a file already gone is fine.
     pub(crate) async fn delete(&self, name: &str) -> Result<()> {
         match self.store.delete(&self.path.clone().join(name)).await {
@@ -123,6 +138,42 @@ impl Dir {
             .collect();
         names.sort();
         Ok(names)
+    }
+}
+
+/// A file being written in parts ([`Dir::upload`]): it appears whole on [`Upload::finish`], and
+/// not at all after [`Upload::abort`].
+pub(crate) struct Upload {
+    parts: WriteMultipart,
+    dir: Dir,
+    name: String,
+}
+
+impl Upload {
+    /// Appends `bytes`. Waits while earlier parts are still on their way, so that no more than
+    /// two are held at a time.
+    pub(crate) async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.parts
+            .wait_for_capacity(2)
+            .await
+            .map_err(|e| self.dir.store_error("writing", &self.name, e))?;
+        self.parts.put(bytes);
+        Ok(())
+    }
+
+    /// Writes what is left and makes the file appear.
+    pub(crate) async fn finish(self) -> Result<()> {
+        match self.parts.finish().await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.dir.store_error("writing", &self.name, e)),
+        }
+    }
+
+    /// Gives the file up: nothing of it appears.
+    pub(crate) async fn abort(self) {
+        if let Err(e) = self.parts.abort().await {
+            tracing::warn!(file = %self.dir.display(&self.name), error = %e, "could not abort a partial write");
+        }
     }
 }
 

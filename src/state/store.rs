@@ -175,43 +175,86 @@ impl StateFile {
 
 /// Encodes one version of every shard's state, shards in order, as one Arrow IPC file: each
 /// shard's rows are record batches of their own, and the file's metadata says how many batches and
-/// which dropped buckets belong to each shard. Shards are taken one at a time, so a snapshot holds
-/// at most one shard's rows besides the bytes written. Returns the bytes and the rows written.
+/// which dropped buckets belong to each shard.
 ///
-/// `capacity` sizes the buffer up front: growing it would copy the state over and over.
-fn encode(
-    shards: impl IntoIterator<Item = Result<StateFile>>,
+/// What is encoded so far can be taken out between shards ([`StateEncoder::take`]), so a snapshot
+/// goes to the store shard by shard and never holds more than one shard's rows and bytes.
+struct StateEncoder {
+    /// Created with the first shard, whose schema it takes.
+    writer: Option<FileWriter<Vec<u8>>>,
+    entries: Vec<ShardEntry>,
+    rows: u64,
     snapshot: bool,
-    capacity: usize,
-) -> Result<(Bytes, u64)> {
-    let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("encoding state: {e}"));
-    let mut writer: Option<FileWriter<Vec<u8>>> = None;
-    let (mut entries, mut rows) = (Vec::new(), 0);
-    for shard in shards {
-        let shard = shard?;
-        let writer = match &mut writer {
+}
+
+fn encoding_error(e: datafusion::arrow::error::ArrowError) -> Error {
+    Error::Internal(format!("encoding state: {e}"))
+}
+
+impl StateEncoder {
+    fn new(snapshot: bool) -> Self {
+        StateEncoder {
+            writer: None,
+            entries: Vec::new(),
+            rows: 0,
+            snapshot,
+        }
+    }
+
+    /// Adds the next shard's part.
+    fn push(&mut self, shard: StateFile) -> Result<()> {
+        let writer = match &mut self.writer {
             Some(writer) => writer,
-            None => writer
-                .insert(FileWriter::try_new(Vec::with_capacity(capacity), &shard.rows.schema()).map_err(internal)?),
+            None => self
+                .writer
+                .insert(FileWriter::try_new(Vec::new(), &shard.rows.schema()).map_err(encoding_error)?),
         };
+        // Sized up front: growing the buffer would copy the rows over and over.
+        writer.get_mut().reserve(shard.rows.get_array_memory_size() + 1024);
         let batches = usize::from(shard.rows.num_rows() > 0);
         if batches > 0 {
-            writer.write(&shard.rows).map_err(internal)?;
+            writer.write(&shard.rows).map_err(encoding_error)?;
         }
-        rows += shard.rows.num_rows() as u64;
-        entries.push(ShardEntry {
+        self.rows += shard.rows.num_rows() as u64;
+        self.entries.push(ShardEntry {
             batches,
             removed: shard.removed,
         });
+        Ok(())
     }
-    let mut writer = writer.ok_or_else(|| Error::Internal("a state file of no shards".into()))?;
-    writer.write_metadata(KIND, if snapshot { "snapshot" } else { "delta" });
-    writer.write_metadata(
-        SHARDS,
-        serde_json::to_string(&entries).map_err(|e| Error::Internal(e.to_string()))?,
-    );
-    writer.finish().map_err(internal)?;
-    Ok((Bytes::from(writer.into_inner().map_err(internal)?), rows))
+
+    /// The bytes encoded since the last call. The writer keeps its own count of offsets, so
+    /// taking them out of its buffer does not change what it writes next.
+    fn take(&mut self) -> Bytes {
+        self.writer
+            .as_mut()
+            .map(|writer| Bytes::from(std::mem::take(writer.get_mut())))
+            .unwrap_or_default()
+    }
+
+    /// The rest of the file (everything not taken, then the footer with the metadata) and the
+    /// rows of all shards.
+    fn finish(self) -> Result<(Bytes, u64)> {
+        let mut writer = self
+            .writer
+            .ok_or_else(|| Error::Internal("a state file of no shards".into()))?;
+        writer.write_metadata(KIND, if self.snapshot { "snapshot" } else { "delta" });
+        writer.write_metadata(
+            SHARDS,
+            serde_json::to_string(&self.entries).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+        writer.finish().map_err(encoding_error)?;
+        Ok((Bytes::from(writer.into_inner().map_err(encoding_error)?), self.rows))
+    }
+}
+
+/// One version's deltas of every shard as one file.
+fn encode_deltas(deltas: Vec<StateFile>) -> Result<Bytes> {
+    let mut encoder = StateEncoder::new(false);
+    for delta in deltas {
+        encoder.push(delta)?;
+    }
+    Ok(encoder.finish()?.0)
 }
 
 /// Decodes the state file `file` (its name, for messages) of a checkpoint with `shards` shards:
@@ -357,13 +400,11 @@ impl StateStore {
                 self.shards
             )));
         }
-        let capacity = deltas.iter().map(|d| d.rows.get_array_memory_size()).sum::<usize>() + 4096;
         let rows: u64 = deltas.iter().map(|d| d.rows.num_rows() as u64).sum();
-        let encode = move || encode(deltas.into_iter().map(Ok), false, capacity);
         // A small delta encodes in less time than handing it to another thread takes.
-        let (bytes, _) = match rows < ENCODE_INLINE_ROWS {
-            true => encode()?,
-            false => tokio::task::spawn_blocking(encode)
+        let bytes = match rows < ENCODE_INLINE_ROWS {
+            true => encode_deltas(deltas)?,
+            false => tokio::task::spawn_blocking(move || encode_deltas(deltas))
                 .await
                 .map_err(|e| Error::Internal(format!("encoding state: {e}")))??,
         };
@@ -492,19 +533,42 @@ async fn read(dir: &Dir, name: &str, shards: usize) -> Result<Vec<StateFile>> {
 }
 
 /// Makes the snapshot of version `version` from every shard's job, one shard after another, and
-/// writes it; returns its rows.
+/// writes it as it goes; returns its rows. The file appears whole once the last shard is in, and
+/// not at all if making or writing it fails.
 async fn write_snapshot(dir: &Dir, version: u64, jobs: Vec<SnapshotJob>) -> Result<u64> {
-    let (bytes, rows) = at_idle_priority(move || {
-        let mut shards = jobs.into_iter().map(|job| job());
-        // Sized for every shard as large as the first.
-        let count = shards.len();
-        let first = shards.next().transpose()?;
-        let capacity = first.as_ref().map_or(0, |f| f.rows.get_array_memory_size()) * count + 4096;
-        encode(first.map(Ok).into_iter().chain(shards), true, capacity)
-    })
-    .await??;
-    dir.put(&file_name(version, true), bytes, Write::Replace).await?;
-    Ok(rows)
+    // One shard's bytes wait while the next shard is made: about two shards' worth at a time.
+    let (parts, mut received) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stopped = || Error::Internal("the snapshot's write stopped".into());
+    let made = async {
+        at_idle_priority(move || {
+            let mut encoder = StateEncoder::new(true);
+            for job in jobs {
+                encoder.push(job()?)?;
+                parts.blocking_send(encoder.take()).map_err(|_| stopped())?;
+            }
+            let (tail, rows) = encoder.finish()?;
+            parts.blocking_send(tail).map_err(|_| stopped())?;
+            Ok::<_, Error>(rows)
+        })
+        .await?
+    };
+    let mut upload = dir.upload(&file_name(version, true)).await?;
+    let uploading = async {
+        while let Some(part) = received.recv().await {
+            upload.write(part).await?;
+        }
+        Ok(())
+    };
+    match futures::future::try_join(made, uploading).await {
+        Ok((rows, ())) => {
+            upload.finish().await?;
+            Ok(rows)
+        }
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
 }
 
 /// Runs `work` on a thread of its own at the lowest CPU priority, so that it takes only CPU the
@@ -737,8 +801,7 @@ mod tests {
             file(&[], &[], false),
             file(&[(10, 0, "c", 3)], &[], false),
         ];
-        let (bytes, rows) = encode(shards.iter().cloned().map(Ok), false, 0).unwrap();
-        assert_eq!(rows, 3);
+        let bytes = encode_deltas(shards.to_vec()).unwrap();
         let back = decode(bytes.clone(), "cp/state/0/3.delta", 3).unwrap();
         assert_eq!(back.len(), 3);
         for (back, original) in back.iter().zip(&shards) {
@@ -746,6 +809,18 @@ mod tests {
             assert_eq!(back.removed, original.removed);
             assert!(!back.snapshot);
         }
+
+        // Taken out shard by shard, as snapshots are written, the parts make the same file.
+        let mut encoder = StateEncoder::new(false);
+        let mut parts = Vec::new();
+        for shard in &shards {
+            encoder.push(shard.clone()).unwrap();
+            parts.extend_from_slice(&encoder.take());
+        }
+        let (tail, rows) = encoder.finish().unwrap();
+        parts.extend_from_slice(&tail);
+        assert_eq!(rows, 3);
+        assert_eq!(parts, bytes);
 
         // A truncated file, or one of another number of shards, is an error naming the file.
         let error = decode(bytes.slice(..bytes.len() - 20), "cp/state/0/3.delta", 3).unwrap_err();
@@ -755,5 +830,38 @@ mod tests {
             error.to_string().contains("cp/state/0/3.delta") && error.to_string().contains("holds 3 shards"),
             "{error}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_shard_by_shard_and_one_that_fails_leaves_no_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = Arc::new(datafusion::object_store::local::LocalFileSystem::new());
+        let path = datafusion::object_store::path::Path::from_absolute_path(temp.path()).unwrap();
+        let dir = Dir::new(store, path, "cp/state/0");
+        let shards = [
+            file(&[(1, 0, "a", 1), (1, 1, "b", 2)], &[], true),
+            file(&[(2, 0, "c", 3)], &[], true),
+        ];
+        let job = |shard: &StateFile| -> SnapshotJob {
+            let shard = shard.clone();
+            Box::new(move || Ok(shard))
+        };
+
+        let failing: SnapshotJob = Box::new(|| Err(Error::Internal("the view is gone".into())));
+        let error = write_snapshot(&dir, 7, vec![job(&shards[0]), failing])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("the view is gone"), "{error}");
+        let left: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
+        assert!(left.is_empty(), "nothing of the failed snapshot is left: {left:?}");
+
+        let rows = write_snapshot(&dir, 8, shards.iter().map(job).collect()).await.unwrap();
+        assert_eq!(rows, 3);
+        assert_eq!(dir.list().await.unwrap(), ["8.snapshot"]);
+        let back = read(&dir, "8.snapshot", 2).await.unwrap();
+        for (back, original) in back.iter().zip(&shards) {
+            assert!(back.snapshot);
+            assert_eq!(content(back), content(original));
+        }
     }
 }
