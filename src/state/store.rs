@@ -223,6 +223,11 @@ impl StateEncoder {
         Ok(())
     }
 
+    /// How many bytes are encoded and not taken yet.
+    fn buffered(&self) -> usize {
+        self.writer.as_ref().map_or(0, |writer| writer.get_ref().len())
+    }
+
     /// The bytes encoded since the last call. The writer keeps its own count of offsets, so
     /// taking them out of its buffer does not change what it writes next.
     fn take(&mut self) -> Bytes {
@@ -489,7 +494,7 @@ impl StateStore {
         let task = tokio::spawn(async move {
             let work = async {
                 if let Some(jobs) = snapshot {
-                    let rows = write_snapshot(&dir, version, jobs).await?;
+                    let rows = write_snapshot(&dir, version, jobs, STREAM_SNAPSHOTS_FROM).await?;
                     let mut now = lock(&files);
                     now.snapshots.push(version);
                     now.snapshot_rows = rows;
@@ -532,41 +537,72 @@ async fn read(dir: &Dir, name: &str, shards: usize) -> Result<Vec<StateFile>> {
         .map_err(|e| Error::Internal(format!("decoding state: {e}")))?
 }
 
+/// Snapshots whose encoded shards reach this size are written as they are made, in parts (a
+/// multipart write), so that one holds no more than about two shards' bytes at a time; smaller
+/// ones are one put (for an object store, one request; in `memory://`, no copy).
+const STREAM_SNAPSHOTS_FROM: usize = 64 << 20;
+
 /// Makes the snapshot of version `version` from every shard's job, one shard after another, and
-/// writes it as it goes; returns its rows. The file appears whole once the last shard is in, and
-/// not at all if making or writing it fails.
-async fn write_snapshot(dir: &Dir, version: u64, jobs: Vec<SnapshotJob>) -> Result<u64> {
-    // One shard's bytes wait while the next shard is made: about two shards' worth at a time.
-    let (parts, mut received) = tokio::sync::mpsc::channel::<Bytes>(1);
+/// writes it; returns its rows. Once the encoded shards reach `stream_from` bytes they are
+/// written in parts as they come ([`STREAM_SNAPSHOTS_FROM`]). The file appears only whole, and not
+/// at all if making or writing it fails.
+async fn write_snapshot(dir: &Dir, version: u64, jobs: Vec<SnapshotJob>, stream_from: usize) -> Result<u64> {
+    let name = file_name(version, true);
+    // Encoded bytes, the file's last bytes coming last; one waits while the next shard is made.
+    let (parts, received) = tokio::sync::mpsc::channel::<Bytes>(1);
     let stopped = || Error::Internal("the snapshot's write stopped".into());
     let made = async {
         at_idle_priority(move || {
             let mut encoder = StateEncoder::new(true);
             for job in jobs {
                 encoder.push(job()?)?;
-                parts.blocking_send(encoder.take()).map_err(|_| stopped())?;
+                if encoder.buffered() >= stream_from {
+                    parts.blocking_send(encoder.take()).map_err(|_| stopped())?;
+                }
             }
-            let (tail, rows) = encoder.finish()?;
-            parts.blocking_send(tail).map_err(|_| stopped())?;
+            let (last, rows) = encoder.finish()?;
+            parts.blocking_send(last).map_err(|_| stopped())?;
             Ok::<_, Error>(rows)
         })
         .await?
     };
-    let mut upload = dir.upload(&file_name(version, true)).await?;
+    // Every part but the last goes out as it comes: which one is last shows when the channel
+    // closes, and whether it is the whole file when `made` succeeded. Both sides run to their end
+    // (the receiver goes with `uploading`, so a failed write stops the thread), and then what was
+    // started is finished or given up.
+    let (mut upload, mut last) = (None, None);
     let uploading = async {
+        let mut received = received;
         while let Some(part) = received.recv().await {
-            upload.write(part).await?;
+            if let Some(earlier) = last.replace(part) {
+                if upload.is_none() {
+                    upload = Some(dir.upload(&name).await?);
+                }
+                if let Some(upload) = &mut upload {
+                    upload.write(earlier).await?;
+                }
+            }
         }
         Ok(())
     };
-    match futures::future::try_join(made, uploading).await {
-        Ok((rows, ())) => {
-            upload.finish().await?;
+    let (made, uploaded) = futures::future::join(made, uploading).await;
+    match (made.and_then(|rows| uploaded.map(|()| rows)), upload, last) {
+        (Ok(rows), None, Some(whole)) => {
+            dir.put(&name, whole, Write::Replace).await?;
             Ok(rows)
         }
-        Err(e) => {
-            upload.abort().await;
-            Err(e)
+        (Ok(rows), Some(mut upload), Some(last)) => match upload.write(last).await {
+            Ok(()) => upload.finish().await.map(|()| rows),
+            Err(e) => {
+                upload.abort().await;
+                Err(e)
+            }
+        },
+        (result, upload, _) => {
+            if let Some(upload) = upload {
+                upload.abort().await;
+            }
+            result.and(Err(Error::Internal("a snapshot without bytes".into())))
         }
     }
 }
@@ -833,7 +869,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_snapshot_is_written_shard_by_shard_and_one_that_fails_leaves_no_file() {
+    async fn a_snapshot_is_written_whole_or_in_parts_and_one_that_fails_leaves_no_file() {
         let temp = tempfile::tempdir().unwrap();
         let store = Arc::new(datafusion::object_store::local::LocalFileSystem::new());
         let path = datafusion::object_store::path::Path::from_absolute_path(temp.path()).unwrap();
@@ -846,22 +882,31 @@ mod tests {
             let shard = shard.clone();
             Box::new(move || Ok(shard))
         };
+        // One put, and a multipart write of a part per shard.
+        for (version, stream_from) in [(1, STREAM_SNAPSHOTS_FROM), (2, 0)] {
+            let failing: SnapshotJob = Box::new(|| Err(Error::Internal("the view is gone".into())));
+            // Streamed, the first shard is written before the third fails.
+            let jobs = vec![job(&shards[0]), job(&shards[1]), failing];
+            let error = write_snapshot(&dir, 7, jobs, stream_from).await.unwrap_err();
+            assert!(error.to_string().contains("the view is gone"), "{error}");
 
-        let failing: SnapshotJob = Box::new(|| Err(Error::Internal("the view is gone".into())));
-        let error = write_snapshot(&dir, 7, vec![job(&shards[0]), failing])
-            .await
-            .unwrap_err();
-        assert!(error.to_string().contains("the view is gone"), "{error}");
-        let left: Vec<_> = std::fs::read_dir(temp.path()).unwrap().collect();
-        assert!(left.is_empty(), "nothing of the failed snapshot is left: {left:?}");
-
-        let rows = write_snapshot(&dir, 8, shards.iter().map(job).collect()).await.unwrap();
-        assert_eq!(rows, 3);
-        assert_eq!(dir.list().await.unwrap(), ["8.snapshot"]);
-        let back = read(&dir, "8.snapshot", 2).await.unwrap();
-        for (back, original) in back.iter().zip(&shards) {
-            assert!(back.snapshot);
-            assert_eq!(content(back), content(original));
+            let name = file_name(version, true);
+            let rows = write_snapshot(&dir, version, shards.iter().map(job).collect(), stream_from)
+                .await
+                .unwrap();
+            assert_eq!(rows, 3);
+            let back = read(&dir, &name, 2).await.unwrap();
+            for (back, original) in back.iter().zip(&shards) {
+                assert!(back.snapshot);
+                assert_eq!(content(back), content(original));
+            }
         }
+        // Nothing of the failed snapshots is left, not even a partial write.
+        let mut left: Vec<String> = std::fs::read_dir(temp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["1.snapshot", "2.snapshot"]);
     }
 }
