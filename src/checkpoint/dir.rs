@@ -1,7 +1,8 @@
-//! A folder of small files in an object store: the unit checkpoints are made of.
+//! A folder of files in an object store: the unit checkpoints are made of.
 //!
 //! Every write is atomic: the object store puts a whole object or nothing (the local file system
-//! writes a temporary file and renames it). Log entries are written with put-if-absent, so two
+//! writes a temporary file and renames it), and so does a file written in parts ([`Upload`]),
+//! which appears when its last part is in. Log entries are written with put-if-absent, so two
 //! runs of one query that share a checkpoint by mistake fail instead of overwriting each other.
 
 use std::sync::Arc;
