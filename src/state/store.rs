@@ -13,8 +13,9 @@
 //! shard's part can still be read on its own.
 //!
 //! Snapshots are made off the batch path: the operator hands over a frozen view of its state
-//! (shared immutable chunks), and a background thread at the lowest CPU priority writes it out;
-//! then files no retained version needs are deleted. A batch never waits for it.
+//! (shared immutable chunks), and a background thread at the lowest CPU priority encodes it shard
+//! by shard and writes it out (in parts once it is large, [`STREAM_SNAPSHOTS_FROM`]); then files
+//! no retained version needs are deleted. A batch never waits for it.
 //!
 //! A snapshot rewrites the whole state, so making one every few batches would cost every batch a
 //! share of the state's size, however little the batch changed. Instead a snapshot is due once at
@@ -177,8 +178,8 @@ impl StateFile {
 /// shard's rows are record batches of their own, and the file's metadata says how many batches and
 /// which dropped buckets belong to each shard.
 ///
-/// What is encoded so far can be taken out between shards ([`StateEncoder::take`]), so a snapshot
-/// goes to the store shard by shard and never holds more than one shard's rows and bytes.
+/// What is encoded so far can be taken out between shards ([`StateEncoder::take`]), so that a
+/// large snapshot goes to the store shard by shard instead of being held whole.
 struct StateEncoder {
     /// Created with the first shard, whose schema it takes.
     writer: Option<FileWriter<Vec<u8>>>,
