@@ -90,7 +90,10 @@ pub(crate) fn resolve_in(location: &str, runtime: Option<&RuntimeEnv>) -> Result
                     (Arc::from(store), path)
                 }
             };
-            let local = (url.scheme() == "file").then(|| PathBuf::from(url.path()));
+            let local = match url.scheme() {
+                "file" => url.to_file_path().ok(),
+                _ => None,
+            };
             Ok(Location {
                 store,
                 path,

@@ -373,7 +373,12 @@ fn folder(location: &str, runtime: Option<&RuntimeEnv>) -> Result<Dir> {
             error: e,
         })?;
     }
-    Ok(Dir::new(resolved.store, resolved.path, location.trim_end_matches('/')))
+    Ok(Dir::new(
+        resolved.store,
+        resolved.path,
+        location.trim_end_matches('/'),
+        resolved.local,
+    ))
 }
 
 /// Refuses to restart a query over a checkpoint whose state it could not use, naming what

@@ -874,7 +874,7 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let store = Arc::new(datafusion::object_store::local::LocalFileSystem::new());
         let path = datafusion::object_store::path::Path::from_absolute_path(temp.path()).unwrap();
-        let dir = Dir::new(store, path, "cp/state/0");
+        let dir = Dir::new(store, path, "cp/state/0", Some(temp.path().to_path_buf()));
         let shards = [
             file(&[(1, 0, "a", 1), (1, 1, "b", 2)], &[], true),
             file(&[(2, 0, "c", 3)], &[], true),

@@ -58,10 +58,13 @@ async fn table(session: &StreamingSession) -> Vec<String> {
     query_rows(session, "SELECT word, n, total FROM counts ORDER BY word").await
 }
 
+/// The files of a checkpoint folder, without the hidden ones (deleted files kept to be written
+/// over).
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
