@@ -23,7 +23,7 @@ use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch}
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::groups::{Aggregates, Merged, TableView};
-use crate::state::store::{SnapshotJob, file_schema, state_rows};
+use crate::state::store::{Buckets, SnapshotJob, file_schema, state_rows};
 use crate::state::{GroupTable, StateFile};
 
 /// The bucket of groups that have no event-time key: never closed by a watermark.
@@ -73,7 +73,7 @@ impl StatefulAggregate {
         let state_schema = Arc::new(datafusion::arrow::datatypes::Schema::new(
             fields[key_count..fields.len() - 1].to_vec(),
         ));
-        let file_schema = file_schema(fields[..fields.len() - 1].iter().cloned());
+        let file_schema = file_schema(Buckets::Runs, fields[..fields.len() - 1].iter().cloned());
         Ok(StatefulAggregate {
             aggregates: Aggregates::try_new(exprs)?,
             key_schema,

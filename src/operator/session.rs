@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
 use crate::state::groups::{Aggregates, gather, take_rows};
-use crate::state::store::{SnapshotJob, bucket_rows, file_schema};
+use crate::state::store::{Buckets, SnapshotJob, bucket_rows, file_schema};
 
 /// One session of one key: its span in nanoseconds, its id and where its state row is.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +100,7 @@ impl SessionAggregate {
             .map(|(_, f)| SortField::new(f.data_type().clone()))
             .collect();
         let file_schema = file_schema(
+            Buckets::PerRow,
             fields[..key_count]
                 .iter()
                 .enumerate()
