@@ -12,7 +12,8 @@
 //! the bytes. So a local folder does not delete a file: it renames it to a hidden free name
 //! and writes the next file over it (then truncates it to its length and renames it into
 //! place), the way databases recycle their log segments. A folder keeps up to [`FREE_FILES`]
-//! such files; leftovers of an earlier process are deleted when the folder is listed.
+//! such files of up to 64 MiB each; leftovers of an earlier process are deleted when the folder
+//! is listed.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -224,6 +225,10 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> std::io::Result<T> +
 /// How many deleted files a local folder keeps to write over.
 pub(crate) const FREE_FILES: usize = 128;
 
+/// Deleted files larger than this are deleted for good: such a file is a snapshot written in parts
+/// ([`Dir::upload`]), which does not write over free files, so it would only take up room.
+const FREE_FILE_MAX_BYTES: u64 = 64 << 20;
+
 /// The names of free (and not yet placed) files start with this, then [`PROCESS`].
 const FREE_PREFIX: &str = ".tidewater-free-";
 
@@ -333,7 +338,10 @@ impl Local {
             let free = self.free_name();
             std::fs::rename(&path, &free).and_then(|()| {
                 let len = std::fs::symlink_metadata(&free)?.len();
-                self.give_free(FreeFile { path: free, len });
+                match len <= FREE_FILE_MAX_BYTES {
+                    true => self.give_free(FreeFile { path: free, len }),
+                    false => std::fs::remove_file(&free)?,
+                }
                 Ok(())
             })
         } else {
@@ -512,6 +520,20 @@ mod tests {
             dir.delete(&n.to_string()).await.unwrap();
         }
         assert_eq!(on_disk(&folder).len(), FREE_FILES);
+
+        // Nor does it keep a file larger than any it writes whole.
+        let (dir, folder) = local(root.path(), "state");
+        dir.put("9.snapshot", Bytes::from_static(b"rows"), Write::Replace)
+            .await
+            .unwrap();
+        let large = std::fs::OpenOptions::new()
+            .write(true)
+            .open(folder.join("9.snapshot"))
+            .unwrap();
+        large.set_len(FREE_FILE_MAX_BYTES + 1).unwrap();
+        dir.delete("9.snapshot").await.unwrap();
+        assert!(on_disk(&folder).is_empty());
+        let (dir, folder) = local(root.path(), "commits");
 
         // A crash leaves free files behind; the next process deletes them when it lists.
         let leftover = folder.join(format!("{FREE_PREFIX}0123-7"));
