@@ -7,9 +7,9 @@
 //!
 //! # Local folders write over deleted files
 //! A checkpoint writes a few files per batch and deletes as many later. On a local file system
-//! what that costs is not the bytes: it is the pages (and on a disk, the blocks and inodes) the
-//! kernel hands a new file and takes back from a deleted one, several times the cost of copying
-//! the bytes. So a local folder does not delete a file: it renames it to a hidden free name
+//! that costs more than the bytes: the kernel hands a new file pages (on a disk, also blocks and
+//! an inode) and takes them back when it is deleted, for several times the cost of copying the
+//! bytes. So a local folder does not delete a file: it renames it to a hidden free name
 //! and writes the next file over it (then truncates it to its length and renames it into
 //! place), the way databases recycle their log segments. A folder keeps up to [`FREE_FILES`]
 //! such files of up to 64 MiB each; leftovers of an earlier process are deleted when the folder
@@ -197,10 +197,16 @@ impl Dir {
                 None => true,
             });
             // Free files of an earlier process: a crash left them.
-            for leftover in leftovers {
-                if let Err(e) = std::fs::remove_file(&leftover) {
-                    tracing::debug!(file = %leftover.display(), error = %e, "could not delete a leftover file");
-                }
+            if !leftovers.is_empty() {
+                let _ = blocking(move || {
+                    for leftover in leftovers {
+                        if let Err(e) = std::fs::remove_file(&leftover) {
+                            tracing::debug!(file = %leftover.display(), error = %e, "could not delete a leftover file");
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
             }
         }
         names.sort();

@@ -26,10 +26,10 @@
 //!
 //! Every shard's rows have the same columns: the bucket (window end), the group's slot, the group
 //! keys and the aggregate states. A window's groups come in one run of its bucket, so that column
-//! is run-end encoded: a few bytes per window instead of eight per row (a third of a count's
-//! row). A group's slot is its number within its bucket, handed out in
-//! order of first appearance and never reused, so a row replaces the stored row of the same bucket
-//! and slot and folding files never compares keys. Restoring interns the keys in slot order, which
+//! is run-end encoded: a few bytes per window instead of eight per row (of the 36 bytes a
+//! counter's row had). A group's slot is its number within its bucket, handed out in order of
+//! first appearance and never reused, so a row replaces the stored row of the same bucket and slot
+//! and folding files never compares keys. Restoring interns the keys in slot order, which
 //! gives every group its old slot back. Session windows, whose keys change as sessions merge, make
 //! each session a bucket of its own (slot 0).
 //!
