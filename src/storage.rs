@@ -46,7 +46,8 @@ pub(crate) struct Location {
     pub(crate) path: Path,
     /// The directory as the user wrote it, for messages.
     pub(crate) display: String,
-    /// For a local directory, its path on disk (to say clearly when it does not exist).
+    /// For a local directory, its path on disk: to say clearly when it does not exist, and for
+    /// checkpoint folders to write and delete files there directly.
     pub(crate) local: Option<PathBuf>,
 }
 

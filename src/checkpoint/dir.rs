@@ -270,11 +270,12 @@ impl Local {
     fn take_free(&self, len: u64) -> Option<FreeFile> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         let files = free.get_mut(&self.folder)?;
-        let fits = |f: &FreeFile| f.len >= len;
-        let best = (0..files.len())
-            .filter(|i| fits(&files[*i]))
-            .min_by_key(|i| files[*i].len)
-            .or_else(|| (0..files.len()).max_by_key(|i| files[*i].len))?;
+        let sized = files.iter().map(|f| f.len).enumerate();
+        let (best, _) = sized
+            .clone()
+            .filter(|(_, size)| *size >= len)
+            .min_by_key(|(_, size)| *size)
+            .or_else(|| sized.max_by_key(|(_, size)| *size))?;
         Some(files.swap_remove(best))
     }
 

@@ -34,7 +34,7 @@ use crate::source::Offset;
 
 /// The checkpoint format this version writes and reads. 2: state files number groups by slot.
 /// 3: each session of a session window is a bucket of its own, written as deltas. 4: one state
-/// file per version for all shards.
+/// file per version for all shards. 5: a window's bucket column is run-end encoded.
 const FORMAT_VERSION: u32 = 5;
 
 /// What a checkpoint records about the query it belongs to.
