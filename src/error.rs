@@ -25,7 +25,7 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A `WITH (...)` option or a builder option is unknown or has a bad value.
-    #[error("{context}: {message}")]
+    #[error("{context}: {}", clip(.message))]
     Option {
         /// Where the option was given, e.g. `stream 'events' (connector 'files')`.
         context: String,
@@ -34,11 +34,11 @@ pub enum Error {
     },
 
     /// A statement or query that Tidewater cannot run as written.
-    #[error("{0}")]
+    #[error("{}", clip(.0))]
     Plan(String),
 
     /// A record in an input file could not be read in `fail_fast` mode, or a whole file is unreadable.
-    #[error("{file}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    #[error("{file}{}: {}", line.map(|l| format!(", line {l}")).unwrap_or_default(), clip(.message))]
     Input {
         /// The file (path or URL) the record came from.
         file: String,
@@ -76,8 +76,9 @@ pub enum Error {
     Terminated(std::sync::Arc<Error>),
 
     /// An error from DataFusion or Arrow (planning or execution).
-    #[error(transparent)]
-    DataFusion(#[from] DataFusionError),
+    /// (Shown in full, so not also a `source()`.)
+    #[error("{}", clip(&.0.to_string()))]
+    DataFusion(DataFusionError),
 
     /// An error from the object store that holds input files.
     #[error("{context}: {error}")]
@@ -124,6 +125,27 @@ pub enum Error {
     /// A bug: an invariant of Tidewater did not hold. Please report it.
     #[error("internal error (this is a bug in Tidewater, please report it): {0}")]
     Internal(String),
+}
+
+impl From<DataFusionError> for Error {
+    fn from(error: DataFusionError) -> Self {
+        Error::DataFusion(error)
+    }
+}
+
+/// Longest text an error message shows of something a user gave (a value, a record, an option):
+/// a 50 MB bad value must not become 50 MB of error output.
+const SHOWN_TEXT: usize = 400;
+
+/// `text` if it is short, else its start and end around a note of how much was left out, so a
+/// message that quotes a huge value keeps the words on both sides of it.
+pub(crate) fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= SHOWN_TEXT {
+        return text.into();
+    }
+    let head = text.floor_char_boundary(SHOWN_TEXT * 2 / 3);
+    let tail = text.ceil_char_boundary(text.len() - SHOWN_TEXT / 3);
+    format!("{}… [{} bytes left out] …{}", &text[..head], tail - head, &text[tail..]).into()
 }
 
 impl Error {
