@@ -311,11 +311,13 @@ impl Source for FilesSource {
         let (from, to) = (count(start, "files source")?, count(Some(end), "files source")?);
         let files = self.files(from, to)?;
         let schema = project_schema(&self.config.schema, projection)?;
+        // Every declared column is decoded, whatever the projection: see `decode`.
         let plan = Arc::new(DecodePlan::new(
             self.config.format.clone(),
             self.config.mode,
-            schema.clone(),
+            self.config.schema.clone(),
         ));
+        let projection: Option<Arc<[usize]>> = projection.map(Arc::from);
         let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
         let source = self;
         let decoded: Vec<_> = futures::stream::iter(files)
@@ -324,7 +326,19 @@ impl Source for FilesSource {
                 let store = source.location.store.clone();
                 let name = source.display(&location);
                 let partitions = source.partitions_of(&location);
-                async move { read_file(store, location, name, plan, partitions).await }
+                let projection = projection.clone();
+                async move {
+                    let mut decoded = read_file(store, location, name, plan, partitions).await?;
+                    if let Some(projection) = projection {
+                        decoded.batches = decoded
+                            .batches
+                            .iter()
+                            .map(|batch| batch.project(&projection))
+                            .collect::<Result<_, _>>()
+                            .map_err(|e| Error::Internal(format!("projecting decoded rows: {e}")))?;
+                    }
+                    Ok::<_, Error>(decoded)
+                }
             })
             .buffered(parallelism)
             .try_collect()

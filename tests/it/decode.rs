@@ -1,0 +1,310 @@
+//! Decoding input files, as a user meets it: every line format × every column subset a query
+//! reads × every malformed-record mode, checked against DataFusion's batch reader; records that span lines;
+//! hostile records (deep nesting, huge values).
+
+use std::path::Path;
+
+use crate::common::{drop_file, query_rows, start};
+use tidewater::{ErrorKind, StreamingSession};
+
+/// Four good records — one with a quoted line end in `b` — and two bad ones, on lines 3 and 6.
+const CSV: &str = "1,x,10\n2,y,20\nbad,z,30\n3,\"multi\nline\",40\n4,x,5,extra\n5,x,1\n";
+/// The same records as JSON lines; the bad ones: a string for `a`, two objects on one line.
+const JSON: &str = concat!(
+    r#"{"a": 1, "b": "x", "d": 10}"#,
+    "\n",
+    r#"{"a": 2, "b": "y", "d": 20}"#,
+    "\n",
+    r#"{"a": "bad", "b": "z", "d": 30}"#,
+    "\n",
+    r#"{"a": 3, "b": "multi\nline", "d": 40}"#,
+    "\n\n",
+    r#"{"a": 4, "b": "x", "d": 5} {"a": 6}"#,
+    "\n",
+    r#"{"a": 5, "b": "x", "d": 1}"#,
+    "\n"
+);
+
+/// A query, and its rows (sorted) over the good records, with the row a bad record makes in
+/// `permissive` mode (`None` where it adds no row of its own, as in an aggregate).
+struct Case {
+    select: &'static str,
+    good: &'static [&'static str],
+    permissive: &'static [&'static str],
+    mode: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        select: "SELECT a, b, d FROM c",
+        good: &["1|x|10", "2|y|20", "3|multi\nline|40", "5|x|1"],
+        permissive: &[
+            "1|x|10",
+            "2|y|20",
+            "3|multi\nline|40",
+            "5|x|1",
+            "NULL|NULL|NULL",
+            "NULL|NULL|NULL",
+        ],
+        mode: "append",
+    },
+    Case {
+        select: "SELECT b, sum(d) FROM c GROUP BY b",
+        good: &["multi\nline|40", "x|11", "y|20"],
+        permissive: &["NULL|NULL", "multi\nline|40", "x|11", "y|20"],
+        mode: "complete",
+    },
+    Case {
+        select: "SELECT d, a FROM c",
+        good: &["1|5", "10|1", "20|2", "40|3"],
+        permissive: &["1|5", "10|1", "20|2", "40|3", "NULL|NULL", "NULL|NULL"],
+        mode: "append",
+    },
+    Case {
+        select: "SELECT count(*) FROM c",
+        good: &["4"],
+        permissive: &["6"],
+        mode: "complete",
+    },
+];
+
+fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
+
+/// The good records of [`CSV`] read by DataFusion's own batch CSV reader: the reference a
+/// streaming query's rows must equal (with `drop_malformed`).
+async fn batch_reference(select: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let good: String = CSV
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("bad") && !l.contains("extra"))
+        .collect();
+    std::fs::write(dir.path().join("good.csv"), good).unwrap();
+    let session = StreamingSession::new();
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE c (a INT, b VARCHAR, d INT) STORED AS CSV LOCATION '{}/' \
+             OPTIONS ('format.has_header' 'false')",
+            dir.path().display()
+        ))
+        .await
+        .unwrap();
+    sorted(query_rows(&session, select).await)
+}
+
+/// Declares `c` over `dir` in `format` and `mode`.
+fn declare(dir: &Path, format: &str, mode: &str) -> String {
+    format!(
+        "CREATE TABLE c (a INT, b VARCHAR, d INT) WITH (connector = 'files', path = '{}', format = '{format}', \
+         mode = '{mode}'{})",
+        dir.display(),
+        if format == "csv" { ", header = 'false'" } else { "" }
+    )
+}
+
+#[tokio::test]
+async fn every_format_projection_and_mode_gives_the_rows_a_batch_read_would() {
+    for (format, content, bad_line) in [("csv", CSV, 3), ("json", JSON, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        drop_file(dir.path(), &format!("in.{format}"), content.as_bytes());
+        for case in CASES {
+            for mode in ["permissive", "drop_malformed", "fail_fast"] {
+                let what = format!("{format}, {mode}, {}", case.select);
+                let session = StreamingSession::new();
+                let sql = format!(
+                    "{};
+                     CREATE TABLE out WITH (connector = 'memory', output_mode = '{}', trigger = 'available_now');
+                     INSERT INTO out {}",
+                    declare(dir.path(), format, mode),
+                    case.mode,
+                    case.select
+                );
+                let query = start(&session, &sql).await;
+                let ended = query.await_termination(None).await;
+                match mode {
+                    "fail_fast" => {
+                        let error = ended.unwrap_err();
+                        let message = error.to_string();
+                        assert!(
+                            message.contains(&format!("in.{format}, line {bad_line}")),
+                            "{what}: {message}"
+                        );
+                        assert_eq!(error.kind(), ErrorKind::User, "{what}");
+                    }
+                    _ => {
+                        ended.unwrap();
+                        let expected = if mode == "permissive" {
+                            case.permissive
+                        } else {
+                            case.good
+                        };
+                        let streamed = sorted(query_rows(&session, "SELECT * FROM out").await);
+                        assert_eq!(
+                            streamed,
+                            sorted(expected.iter().map(|s| s.to_string()).collect()),
+                            "{what}"
+                        );
+                        if mode == "drop_malformed" {
+                            assert_eq!(batch_reference(case.select).await, streamed, "{what}: batch reference");
+                        }
+                        let metrics = &query.last_progress().unwrap().sources[0].metrics;
+                        let (kept, dropped) = if mode == "permissive" { ("2", "0") } else { ("0", "2") };
+                        assert_eq!(metrics["numMalformedRecords"], kept, "{what}");
+                        assert_eq!(metrics["numDroppedMalformedRecords"], dropped, "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_quoted_multi_line_csv_record_survives_a_bad_line_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(
+        dir.path(),
+        "quoted.csv",
+        b"id,text,tag\n1,\"line one\nline two\",x\nshort\n2,\"a \"\"quoted\"\" word\",y\n",
+    );
+    let session = StreamingSession::new();
+    let sql = format!(
+        "CREATE TABLE c (id INT, text VARCHAR, tag VARCHAR, _corrupt_record VARCHAR) WITH (connector = 'files', \
+         path = '{}', format = 'csv', header = 'true');
+         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+         INSERT INTO out SELECT * FROM c",
+        dir.path().display()
+    );
+    let query = start(&session, &sql).await;
+    query.await_termination(None).await.unwrap();
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM out").await,
+        [
+            "1|line one\nline two|x|NULL",
+            "NULL|NULL|NULL|short",
+            "2|a \"quoted\" word|y|NULL"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_record_after_a_multi_line_record_is_reported_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(dir.path(), "lines.csv", b"1,\"a\nb\nc\"\n2,ok\nnot a number,x\n");
+    let session = StreamingSession::new();
+    let sql = format!(
+        "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'csv', mode = 'fail_fast');
+         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+         INSERT INTO out SELECT * FROM c",
+        dir.path().display()
+    );
+    let query = start(&session, &sql).await;
+    let message = query.await_termination(None).await.unwrap_err().to_string();
+    assert!(message.contains("lines.csv, line 5"), "{message}");
+    assert!(!message.contains("at line"), "arrow's own line count leaks: {message}");
+}
+
+#[tokio::test]
+async fn every_good_record_is_kept_when_bad_ones_are_scattered_through_a_big_file() {
+    // Bad records at the edges of decoder batches and chunks, and in runs.
+    let bad: Vec<usize> = vec![0, 1, 63, 64, 65, 8191, 8192, 8193, 9000, 9001, 9002, 19_999];
+    for format in ["csv", "json"] {
+        let mut content = String::new();
+        let mut expected_sum = 0i64;
+        for i in 0..20_000usize {
+            let good = !bad.contains(&i);
+            match (format, good) {
+                ("csv", true) => content.push_str(&format!("{i},v{i}\n")),
+                ("csv", false) => content.push_str(&format!("x{i},v{i}\n")),
+                (_, true) => content.push_str(&format!("{{\"n\": {i}, \"s\": \"v{i}\"}}\n")),
+                (_, false) => content.push_str(&format!("{{\"n\": \"x{i}\"}}\n")),
+            }
+            if good {
+                expected_sum += i as i64;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        drop_file(dir.path(), &format!("big.{format}"), content.as_bytes());
+        let session = StreamingSession::new();
+        let sql = format!(
+            "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = '{format}', \
+             mode = 'drop_malformed');
+             CREATE TABLE out WITH (connector = 'memory', output_mode = 'complete', trigger = 'available_now');
+             INSERT INTO out SELECT count(*), sum(n), count(DISTINCT s) FROM c",
+            dir.path().display()
+        );
+        let query = start(&session, &sql).await;
+        query.await_termination(None).await.unwrap();
+        let good = 20_000 - bad.len();
+        assert_eq!(
+            query_rows(&session, "SELECT * FROM out").await,
+            [format!("{good}|{expected_sum}|{good}")],
+            "{format}"
+        );
+        let metrics = &query.last_progress().unwrap().sources[0].metrics;
+        assert_eq!(metrics["numDroppedMalformedRecords"], bad.len().to_string(), "{format}");
+    }
+}
+
+#[tokio::test]
+async fn deeply_nested_json_is_a_malformed_record_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = format!("{{\"n\": {}1{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let not_closed = format!("{{\"n\": {}\n", "[".repeat(100_000));
+    let in_a_string = format!("{{\"n\": 2, \"s\": \"{}\"}}\n", "[".repeat(100_000));
+    drop_file(
+        dir.path(),
+        "deep.json",
+        format!("{{\"n\": 1}}\n{deep}{not_closed}{in_a_string}").as_bytes(),
+    );
+    for (mode, expected) in [
+        ("permissive", vec!["1", "NULL", "NULL", "2"]),
+        ("drop_malformed", vec!["1", "2"]),
+    ] {
+        let session = StreamingSession::new();
+        let sql = format!(
+            "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'json', mode = '{mode}');
+             CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+             INSERT INTO out SELECT n FROM c",
+            dir.path().display()
+        );
+        let query = start(&session, &sql).await;
+        query.await_termination(None).await.unwrap();
+        assert_eq!(query_rows(&session, "SELECT * FROM out").await, expected, "{mode}");
+    }
+    let session = StreamingSession::new();
+    let sql = format!(
+        "CREATE TABLE c (n INT) WITH (connector = 'files', path = '{}', format = 'json', mode = 'fail_fast');
+         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+         INSERT INTO out SELECT n FROM c",
+        dir.path().display()
+    );
+    let query = start(&session, &sql).await;
+    let message = query.await_termination(None).await.unwrap_err().to_string();
+    assert!(
+        message.contains("deep.json, line 2") && message.contains("nested deeper than 1000"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_error_shows_a_few_hundred_bytes_of_a_huge_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "9".repeat(5_000_000);
+    drop_file(dir.path(), "huge.csv", format!("1,a\n{huge}x,b\n").as_bytes());
+    let session = StreamingSession::new();
+    let sql = format!(
+        "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'csv', mode = 'fail_fast');
+         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+         INSERT INTO out SELECT * FROM c",
+        dir.path().display()
+    );
+    let query = start(&session, &sql).await;
+    let message = query.await_termination(None).await.unwrap_err().to_string();
+    assert!(message.len() < 1_000, "{} bytes of message", message.len());
+    assert!(
+        message.contains("huge.csv, line 2") && message.contains("bytes left out"),
+        "{message}"
+    );
+}
