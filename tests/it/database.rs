@@ -873,3 +873,32 @@ async fn an_unreachable_server_is_retried_then_reported() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_commit_marks_table_is_refused_as_a_sink_table() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(&dir).await {
+        for name in ["tidewater_commits", "TIDEWATER_COMMITS"] {
+            let session = StreamingSession::new();
+            session
+                .run_script(&format!(
+                    "CREATE TABLE words (word VARCHAR) WITH (connector = 'memory');
+                     CREATE TABLE marks WITH ({});",
+                    sink_options(&db, name, "complete")
+                ))
+                .await
+                .unwrap();
+            let error = session
+                .run_script("INSERT INTO marks SELECT word, count(*) AS n FROM words GROUP BY word")
+                .await
+                .unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.contains("a query cannot write into it"),
+                "{:?}: {message}",
+                db.kind
+            );
+            assert_eq!(error.kind(), tidewater::ErrorKind::User, "{:?}", db.kind);
+        }
+    }
+}

@@ -174,6 +174,14 @@ impl DatabaseSink {
         dialect
             .check_identifier(&table)
             .map_err(|m| user_error(format!("the table name cannot be used: {m}")))?;
+        // A query writing the commit marks could forge another query's batches as written.
+        let unqualified = table.rsplit('.').next().unwrap_or(&table).trim_matches(['"', '`']);
+        if unqualified.eq_ignore_ascii_case(COMMITS_TABLE) {
+            return Err(user_error(format!(
+                "'{COMMITS_TABLE}' holds the batch marks that make database sinks exactly-once; \
+                 a query cannot write into it"
+            )));
+        }
 
         let flat = flatten_schema(&config.schema);
         if flat.is_empty() {
