@@ -63,19 +63,28 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
     // Listen for Ctrl-C before any query starts, so an early interrupt also stops gracefully.
     let interrupted = interrupt_listener()?;
+    tokio::pin!(interrupted);
     let session = StreamingSession::new();
-    let outcomes = session
-        .run_script(&sql)
-        .await
-        .with_context(|| format!("in {}", file.display()))?;
-    let mut queries = Vec::new();
-    for outcome in outcomes {
-        match outcome {
-            StatementOutcome::Rows(df) => df.show().await?,
-            StatementOutcome::Started(query) => queries.push(query),
-            StatementOutcome::Done => {}
+    // Ctrl-C while statements run (a long static SELECT) drops them, which cancels their work.
+    let statements = async {
+        let outcomes = session
+            .run_script(&sql)
+            .await
+            .with_context(|| format!("in {}", file.display()))?;
+        let mut queries = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                StatementOutcome::Rows(df) => print_table(&df.collect().await?)?,
+                StatementOutcome::Started(query) => queries.push(query),
+                StatementOutcome::Done => {}
+            }
         }
-    }
+        anyhow::Ok(queries)
+    };
+    let queries = tokio::select! {
+        queries = statements => queries?,
+        _ = &mut interrupted => anyhow::bail!("interrupted"),
+    };
     let printers: Vec<_> = if progress {
         queries
             .iter()
@@ -101,6 +110,18 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     // Each printer ends once its query has ended and its last batch is printed.
     futures::future::join_all(printers).await;
     Ok(())
+}
+
+/// Prints rows as a table on standard output. A reader that closed the pipe (`| head`) has all
+/// it wanted, so the rest is dropped quietly, as the console sink does.
+fn print_table(batches: &[tidewater::arrow::array::RecordBatch]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let table = tidewater::arrow::util::pretty::pretty_format_batches(batches)?;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{table}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => Ok(written?),
+    }
 }
 
 /// Resolves on Ctrl-C (SIGINT). The handler is installed by this call, not when first awaited.

@@ -147,3 +147,25 @@ fn the_bundled_quickstart_runs_every_file_once() {
         .sum();
     assert_eq!(read, 24, "{stderr}");
 }
+
+#[test]
+fn a_static_query_printed_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_sql(dir.path(), "SELECT * FROM generate_series(1, 200000);");
+    let mut child = tidewater()
+        .arg("run")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe, as `| head -1` does.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
+}
