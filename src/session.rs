@@ -457,13 +457,10 @@ impl StreamingSession {
                 path,
                 format,
                 partition_by,
-            } => Arc::new(crate::sink::FileSink::try_new(
-                path,
-                *format,
-                partition_by,
-                &incremental.schema(),
-                options.output_mode,
-            )?),
+            } => Arc::new({
+                refuse_writing_into_sources(path, &incremental)?;
+                crate::sink::FileSink::try_new(path, *format, partition_by, &incremental.schema(), options.output_mode)?
+            }),
             SinkKind::Database { url, table, key } => Arc::new(
                 crate::sink::database::DatabaseSink::connect(crate::sink::database::DatabaseSinkConfig {
                     url: url.clone(),
@@ -541,4 +538,25 @@ impl StreamingSession {
         let recovery = checkpoint.recover().await?;
         Ok((checkpoint, metadata, recovery))
     }
+}
+
+/// Refuses a files sink writing where one of the query's sources reads (or inside it, or around
+/// it): each batch's output would be read back as new input, forever. Local directories only;
+/// object store URLs are not compared.
+fn refuse_writing_into_sources(sink_path: &str, plan: &IncrementalPlan) -> Result<()> {
+    let Some(sink_dir) = crate::storage::resolve(sink_path)?.local else {
+        return Ok(());
+    };
+    for source in plan.sources() {
+        if let Some(source_dir) = source.directory()
+            && (sink_dir.starts_with(&source_dir) || source_dir.starts_with(&sink_dir))
+        {
+            return Err(Error::plan(format!(
+                "the files sink writes into '{sink_path}', where the query's source {} reads: its output \
+                 would come back as input forever; write somewhere else",
+                source.description()
+            )));
+        }
+    }
+    Ok(())
 }

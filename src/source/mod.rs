@@ -102,6 +102,11 @@ pub trait Source: Send + Sync + Debug {
     /// returns a fresh instance over the same input; others are shared as they are.
     fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>>;
 
+    /// The local directory the source reads, if it reads one: a query may not write there.
+    fn directory(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Counters for progress reports (e.g. malformed records), cumulative since the query started.
     fn metrics(&self) -> BTreeMap<String, String> {
         BTreeMap::new()

@@ -432,3 +432,31 @@ async fn a_files_stream_over_a_sink_directory_reads_committed_batches_once_in_or
     );
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_files_sink_writing_where_its_source_reads_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for sink_dir in [input.clone(), input.join("out"), dir.path().to_path_buf()] {
+        let session = tidewater::StreamingSession::new();
+        let error = session
+            .run_script(&format!(
+                "CREATE TABLE events (n INT) WITH (connector = 'files', path = '{}', format = 'json');
+                 CREATE TABLE out WITH (connector = 'files', path = '{}', format = 'json', checkpoint_location = '{}');
+                 INSERT INTO out SELECT n FROM events",
+                input.display(),
+                sink_dir.display(),
+                dir.path().join("checkpoint").display()
+            ))
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("would come back as input"),
+            "{}: {message}",
+            sink_dir.display()
+        );
+        assert_eq!(error.kind(), tidewater::ErrorKind::User);
+    }
+}

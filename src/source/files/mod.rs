@@ -371,6 +371,10 @@ impl Source for FilesSource {
         Ok(())
     }
 
+    fn directory(&self) -> Option<std::path::PathBuf> {
+        self.location.local.clone()
+    }
+
     fn metrics(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             (
