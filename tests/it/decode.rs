@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::common::{drop_file, query_rows, start};
-use tidewater::{ErrorKind, StreamingSession};
+use tidewater::{ErrorKind, StreamingQuery, StreamingSession};
 
 /// Four good records — one with a quoted line end in `b` — and two bad ones, on lines 3 and 6.
 const CSV: &str = "1,x,10\n2,y,20\nbad,z,30\n3,\"multi\nline\",40\n4,x,5,extra\n5,x,1\n";
@@ -94,14 +94,25 @@ async fn batch_reference(select: &str) -> Vec<String> {
     sorted(query_rows(&session, select).await)
 }
 
-/// Declares `c` over `dir` in `format` and `mode`.
-fn declare(dir: &Path, format: &str, mode: &str) -> String {
-    format!(
-        "CREATE TABLE c (a INT, b VARCHAR, d INT) WITH (connector = 'files', path = '{}', format = '{format}', \
-         mode = '{mode}'{})",
-        dir.display(),
-        if format == "csv" { ", header = 'false'" } else { "" }
-    )
+/// Runs `INSERT INTO out <select>` over the files stream `c (<columns>)` on `dir` to its end
+/// (`available_now`); `options` are the stream's, after its path.
+async fn run_to_end(
+    dir: &Path,
+    columns: &str,
+    options: &str,
+    output_mode: &str,
+    select: &str,
+) -> (StreamingSession, StreamingQuery, tidewater::Result<bool>) {
+    let session = StreamingSession::new();
+    let sql = format!(
+        "CREATE TABLE c ({columns}) WITH (connector = 'files', path = '{}', {options});
+         CREATE TABLE out WITH (connector = 'memory', output_mode = '{output_mode}', trigger = 'available_now');
+         INSERT INTO out {select}",
+        dir.display()
+    );
+    let query = start(&session, &sql).await;
+    let ended = query.await_termination(None).await;
+    (session, query, ended)
 }
 
 #[tokio::test]
@@ -112,17 +123,10 @@ async fn every_format_projection_and_mode_gives_the_rows_a_batch_read_would() {
         for case in CASES {
             for mode in ["permissive", "drop_malformed", "fail_fast"] {
                 let what = format!("{format}, {mode}, {}", case.select);
-                let session = StreamingSession::new();
-                let sql = format!(
-                    "{};
-                     CREATE TABLE out WITH (connector = 'memory', output_mode = '{}', trigger = 'available_now');
-                     INSERT INTO out {}",
-                    declare(dir.path(), format, mode),
-                    case.mode,
-                    case.select
-                );
-                let query = start(&session, &sql).await;
-                let ended = query.await_termination(None).await;
+                let header = if format == "csv" { ", header = 'false'" } else { "" };
+                let options = format!("format = '{format}', mode = '{mode}'{header}");
+                let (session, query, ended) =
+                    run_to_end(dir.path(), "a INT, b VARCHAR, d INT", &options, case.mode, case.select).await;
                 match mode {
                     "fail_fast" => {
                         let error = ended.unwrap_err();
@@ -168,16 +172,15 @@ async fn a_quoted_multi_line_csv_record_survives_a_bad_line_beside_it() {
         "quoted.csv",
         b"id,text,tag\n1,\"line one\nline two\",x\nshort\n2,\"a \"\"quoted\"\" word\",y\n",
     );
-    let session = StreamingSession::new();
-    let sql = format!(
-        "CREATE TABLE c (id INT, text VARCHAR, tag VARCHAR, _corrupt_record VARCHAR) WITH (connector = 'files', \
-         path = '{}', format = 'csv', header = 'true');
-         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
-         INSERT INTO out SELECT * FROM c",
-        dir.path().display()
-    );
-    let query = start(&session, &sql).await;
-    query.await_termination(None).await.unwrap();
+    let (session, _, ended) = run_to_end(
+        dir.path(),
+        "id INT, text VARCHAR, tag VARCHAR, _corrupt_record VARCHAR",
+        "format = 'csv', header = 'true'",
+        "append",
+        "SELECT * FROM c",
+    )
+    .await;
+    ended.unwrap();
     assert_eq!(
         query_rows(&session, "SELECT * FROM out").await,
         [
@@ -192,15 +195,9 @@ async fn a_quoted_multi_line_csv_record_survives_a_bad_line_beside_it() {
 async fn a_bad_record_after_a_multi_line_record_is_reported_at_its_own_line() {
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "lines.csv", b"1,\"a\nb\nc\"\n2,ok\nnot a number,x\n");
-    let session = StreamingSession::new();
-    let sql = format!(
-        "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'csv', mode = 'fail_fast');
-         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
-         INSERT INTO out SELECT * FROM c",
-        dir.path().display()
-    );
-    let query = start(&session, &sql).await;
-    let message = query.await_termination(None).await.unwrap_err().to_string();
+    let options = "format = 'csv', mode = 'fail_fast'";
+    let (_, _, ended) = run_to_end(dir.path(), "n INT, s VARCHAR", options, "append", "SELECT * FROM c").await;
+    let message = ended.unwrap_err().to_string();
     assert!(message.contains("lines.csv, line 5"), "{message}");
     assert!(!message.contains("at line"), "arrow's own line count leaks: {message}");
 }
@@ -226,16 +223,15 @@ async fn every_good_record_is_kept_when_bad_ones_are_scattered_through_a_big_fil
         }
         let dir = tempfile::tempdir().unwrap();
         drop_file(dir.path(), &format!("big.{format}"), content.as_bytes());
-        let session = StreamingSession::new();
-        let sql = format!(
-            "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = '{format}', \
-             mode = 'drop_malformed');
-             CREATE TABLE out WITH (connector = 'memory', output_mode = 'complete', trigger = 'available_now');
-             INSERT INTO out SELECT count(*), sum(n), count(DISTINCT s) FROM c",
-            dir.path().display()
-        );
-        let query = start(&session, &sql).await;
-        query.await_termination(None).await.unwrap();
+        let (session, query, ended) = run_to_end(
+            dir.path(),
+            "n INT, s VARCHAR",
+            &format!("format = '{format}', mode = 'drop_malformed'"),
+            "complete",
+            "SELECT count(*), sum(n), count(DISTINCT s) FROM c",
+        )
+        .await;
+        ended.unwrap();
         let good = 20_000 - bad.len();
         assert_eq!(
             query_rows(&session, "SELECT * FROM out").await,
@@ -262,26 +258,15 @@ async fn deeply_nested_json_is_a_malformed_record_not_a_crash() {
         ("permissive", vec!["1", "NULL", "NULL", "2"]),
         ("drop_malformed", vec!["1", "2"]),
     ] {
-        let session = StreamingSession::new();
-        let sql = format!(
-            "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'json', mode = '{mode}');
-             CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
-             INSERT INTO out SELECT n FROM c",
-            dir.path().display()
-        );
-        let query = start(&session, &sql).await;
-        query.await_termination(None).await.unwrap();
+        let options = format!("format = 'json', mode = '{mode}'");
+        let (session, _, ended) =
+            run_to_end(dir.path(), "n INT, s VARCHAR", &options, "append", "SELECT n FROM c").await;
+        ended.unwrap();
         assert_eq!(query_rows(&session, "SELECT * FROM out").await, expected, "{mode}");
     }
-    let session = StreamingSession::new();
-    let sql = format!(
-        "CREATE TABLE c (n INT) WITH (connector = 'files', path = '{}', format = 'json', mode = 'fail_fast');
-         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
-         INSERT INTO out SELECT n FROM c",
-        dir.path().display()
-    );
-    let query = start(&session, &sql).await;
-    let message = query.await_termination(None).await.unwrap_err().to_string();
+    let options = "format = 'json', mode = 'fail_fast'";
+    let (_, _, ended) = run_to_end(dir.path(), "n INT", options, "append", "SELECT n FROM c").await;
+    let message = ended.unwrap_err().to_string();
     assert!(
         message.contains("deep.json, line 2") && message.contains("nested deeper than 1000"),
         "{message}"
@@ -293,15 +278,9 @@ async fn an_error_shows_a_few_hundred_bytes_of_a_huge_bad_value() {
     let dir = tempfile::tempdir().unwrap();
     let huge = "9".repeat(5_000_000);
     drop_file(dir.path(), "huge.csv", format!("1,a\n{huge}x,b\n").as_bytes());
-    let session = StreamingSession::new();
-    let sql = format!(
-        "CREATE TABLE c (n INT, s VARCHAR) WITH (connector = 'files', path = '{}', format = 'csv', mode = 'fail_fast');
-         CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
-         INSERT INTO out SELECT * FROM c",
-        dir.path().display()
-    );
-    let query = start(&session, &sql).await;
-    let message = query.await_termination(None).await.unwrap_err().to_string();
+    let options = "format = 'csv', mode = 'fail_fast'";
+    let (_, _, ended) = run_to_end(dir.path(), "n INT, s VARCHAR", options, "append", "SELECT * FROM c").await;
+    let message = ended.unwrap_err().to_string();
     assert!(message.len() < 1_000, "{} bytes of message", message.len());
     assert!(
         message.contains("huge.csv, line 2") && message.contains("bytes left out"),
