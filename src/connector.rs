@@ -19,6 +19,11 @@ use crate::source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, M
 type Connector = (&'static str, &'static [&'static str]);
 
 /// Source connectors and the options each accepts.
+/// The fastest rate source: past this a demo source would only measure the generator.
+const MAX_ROWS_PER_SECOND: usize = 1_000_000_000;
+/// The most rows a console sink prints per batch.
+const MAX_CONSOLE_ROWS: usize = 1_000_000;
+
 const SOURCE_CONNECTORS: &[Connector] = &[
     (
         "files",
@@ -152,13 +157,18 @@ impl Options {
             })
     }
 
-    fn positive(&self, key: &str) -> Result<Option<usize>> {
+    /// A whole-number option from 1 to `max`: values past what the engine can do are refused
+    /// here, at planning, rather than failing (or allocating without bound) once rows flow.
+    fn positive(&self, key: &str, max: usize) -> Result<Option<usize>> {
         let Some(value) = self.get(key) else {
             return Ok(None);
         };
-        match value.trim().parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(self.error(format!("option '{key}' = '{value}' must be a whole number above 0"))),
+        match value.trim().parse::<u128>() {
+            Ok(n) if n > 0 && n <= max as u128 => Ok(usize::try_from(n).ok()),
+            _ => Err(self.error(format!(
+                "option '{key}' = '{}' must be a whole number from 1 to {max}",
+                crate::error::clip(value)
+            ))),
         }
     }
 
@@ -254,7 +264,7 @@ fn source_of(
                 path: options.required("path")?.to_string(),
                 format,
                 schema,
-                max_files_per_trigger: options.positive("max_files_per_trigger")?,
+                max_files_per_trigger: options.positive("max_files_per_trigger", usize::MAX)?,
                 mode,
             };
             Ok((
@@ -273,7 +283,7 @@ fn source_of(
                     options.error("the rate source has fixed columns (timestamp, value): leave out the column list")
                 );
             }
-            let rows_per_second = options.positive("rows_per_second")?.unwrap_or(1) as u64;
+            let rows_per_second = options.positive("rows_per_second", MAX_ROWS_PER_SECOND)?.unwrap_or(1) as u64;
             Ok((Arc::new(RateSource::new(rows_per_second)), None))
         }
     }
@@ -356,7 +366,7 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
     options.check_known(connector, &valid)?;
     let kind = match connector {
         "console" => SinkKind::Console {
-            num_rows: options.positive("num_rows")?.unwrap_or(20),
+            num_rows: options.positive("num_rows", MAX_CONSOLE_ROWS)?.unwrap_or(20),
             truncate: options.boolean("truncate")?.unwrap_or(true),
         },
         "database" => {
@@ -438,9 +448,13 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
             trigger,
             checkpoint_location: options.get("checkpoint_location").map(str::to_string),
             query_name: options.get("query_name").map(str::to_string),
-            state_partitions: options.positive("state_partitions")?,
-            state_snapshot_interval: options.positive("state_snapshot_interval")?.unwrap_or(10),
-            min_batches_to_retain: options.positive("min_batches_to_retain")?.unwrap_or(100),
+            state_partitions: options.positive("state_partitions", crate::state::MAX_STATE_PARTITIONS)?,
+            state_snapshot_interval: options
+                .positive("state_snapshot_interval", u32::MAX as usize)?
+                .unwrap_or(10),
+            min_batches_to_retain: options
+                .positive("min_batches_to_retain", u32::MAX as usize)?
+                .unwrap_or(100),
         },
     })
 }
@@ -496,9 +510,16 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
             "'{text}' has months or years, whose length varies; use days, hours, minutes, seconds or milliseconds"
         ));
     }
-    let nanos = interval.days as i128 * 86_400_000_000_000 + interval.nanoseconds as i128;
+    let nanos = i128::from(interval.days) * i128::from(crate::time::NANOS_PER_DAY) + i128::from(interval.nanoseconds);
     if nanos < 0 {
         return Err(format!("'{text}' is negative"));
     }
-    Ok(Duration::from_nanos(nanos as u64))
+    // Event times are nanoseconds in an i64, so no longer duration can be added to one.
+    match u64::try_from(nanos) {
+        Ok(n) if n <= i64::MAX as u64 => Ok(Duration::from_nanos(n)),
+        _ => Err(format!(
+            "'{text}' is longer than the longest duration the engine computes with ({})",
+            crate::time::longest_duration()
+        )),
+    }
 }

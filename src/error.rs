@@ -122,6 +122,11 @@ pub enum Error {
         user: bool,
     },
 
+    /// An event time or window bound outside what the engine computes in: nanoseconds since the
+    /// epoch in an `i64`, 1677-09-21 to 2262-04-11. Such a value is refused, never wrapped.
+    #[error("{}", clip(.0))]
+    OutOfRange(String),
+
     /// A bug: an invariant of Tidewater did not hold. Please report it.
     #[error("internal error (this is a bug in Tidewater, please report it): {0}")]
     Internal(String),
@@ -152,7 +157,7 @@ impl Error {
     /// Who has to act on this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Option { .. } | Error::Plan(_) | Error::Input { .. } => ErrorKind::User,
+            Error::Option { .. } | Error::Plan(_) | Error::Input { .. } | Error::OutOfRange(_) => ErrorKind::User,
             Error::Statement { error, .. } | Error::Query { error, .. } => error.kind(),
             Error::Terminated(source) => source.kind(),
             Error::DataFusion(e) => match e.find_root() {

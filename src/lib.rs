@@ -69,6 +69,8 @@
 //! - `query`: the only module with tasks and time: the micro-batch loop, the
 //!   [`StreamingQuery`] handle, triggers, watermarks, progress, and when the checkpoint is written.
 //!   Uses `planner`, `operator`, `state`, `checkpoint`, `source`, `sink`.
+//! - `time`: checked event-time arithmetic (the nanosecond range, units, durations). Depends on
+//!   `error` only.
 //! - `error`: the one error type.
 
 pub(crate) mod checkpoint;
@@ -84,6 +86,7 @@ pub(crate) mod source;
 pub(crate) mod sql;
 pub(crate) mod state;
 pub(crate) mod storage;
+pub(crate) mod time;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};

@@ -522,6 +522,7 @@ impl StreamingSession {
         let metadata = match checkpoint.metadata().await? {
             Some(stored) => {
                 let partitions = options.state_partitions.unwrap_or(stored.state_partitions);
+                check_state_partitions(partitions, &format!("{}/metadata", checkpoint.location()))?;
                 let current = Metadata::new(stored.id.clone(), partitions, sources, shape);
                 check_compatible(&stored, &current, &format!("{}/metadata", checkpoint.location()))?;
                 stored
@@ -530,6 +531,7 @@ impl StreamingSession {
                 let partitions = options
                     .state_partitions
                     .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+                check_state_partitions(partitions, "option 'state_partitions'")?;
                 let metadata = Metadata::new(uuid::Uuid::new_v4().to_string(), partitions, sources, shape);
                 checkpoint.write_metadata(&metadata).await?;
                 metadata
@@ -537,6 +539,19 @@ impl StreamingSession {
         };
         let recovery = checkpoint.recover().await?;
         Ok((checkpoint, metadata, recovery))
+    }
+}
+
+/// Refuses a number of state partitions the engine cannot hold (`what` says where it came from).
+fn check_state_partitions(partitions: usize, what: &str) -> Result<()> {
+    let max = crate::state::MAX_STATE_PARTITIONS;
+    if (1..=max).contains(&partitions) {
+        Ok(())
+    } else {
+        Err(Error::option(
+            what.to_string(),
+            format!("{partitions} state partitions: a query has from 1 to {max}"),
+        ))
     }
 }
 

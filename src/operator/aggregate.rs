@@ -14,9 +14,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches, interleave};
-use datafusion::arrow::datatypes::{DataType, Int64Type, SchemaRef, TimeUnit};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::compute::{concat_batches, interleave};
+use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
 use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
@@ -25,6 +25,7 @@ use crate::sink::OutputMode;
 use crate::state::groups::{Aggregates, Merged, TableView};
 use crate::state::store::{Buckets, SnapshotJob, file_schema, state_rows};
 use crate::state::{GroupTable, StateFile};
+use crate::time::to_nanos;
 
 /// The bucket of groups that have no event-time key: never closed by a watermark.
 const NO_WINDOW: i64 = i64::MAX;
@@ -274,19 +275,4 @@ fn bucket<'a>(
             e.insert(GroupTable::try_new(key_schema.clone(), state_schema.clone())?)
         }
     })
-}
-
-/// Timestamps of any unit as nanoseconds since the epoch.
-pub(crate) fn to_nanos(times: &ArrayRef) -> Result<Int64Array> {
-    let DataType::Timestamp(unit, _) = times.data_type() else {
-        return Err(Error::Internal(format!("event time of type {}", times.data_type())));
-    };
-    let factor = match unit {
-        TimeUnit::Second => 1_000_000_000,
-        TimeUnit::Millisecond => 1_000_000,
-        TimeUnit::Microsecond => 1_000,
-        TimeUnit::Nanosecond => 1,
-    };
-    let raw = cast(times, &DataType::Int64).map_err(|e| Error::Internal(format!("event time: {e}")))?;
-    Ok(raw.as_primitive::<Int64Type>().unary(|v| v.saturating_mul(factor)))
 }

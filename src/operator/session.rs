@@ -24,13 +24,13 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::aggregate::to_nanos;
 use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
 use crate::state::groups::{Aggregates, gather, take_rows};
 use crate::state::store::{Buckets, SnapshotJob, bucket_rows, file_schema};
+use crate::time::to_nanos;
 
 /// One session of one key: its span in nanoseconds, its id and where its state row is.
 #[derive(Debug, Clone, Copy)]

@@ -200,7 +200,8 @@ impl Driver {
             let cursor = &mut cursors[index];
             cursor.idle_timeout = cursor.idle_timeout.or(scan.idle_timeout);
             if let Some((watermark, _)) = &scan.watermark {
-                cursor.delay = Some(watermark.delay.as_nanos() as i64);
+                // A delay past the whole time range means no row is ever late: saturate.
+                cursor.delay = Some(crate::time::duration_nanos(watermark.delay).unwrap_or(i64::MAX));
             }
             scan_cursor.push(index);
         }
@@ -632,16 +633,18 @@ fn counted(
 ) -> SendableRecordBatchStream {
     let schema = stream.schema();
     let counting = stream
-        .inspect(move |batch| {
-            if let Ok(batch) = batch {
-                counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                if let Some((column, max)) = &event_time
-                    && let Ok(nanos) = crate::operator::aggregate::to_nanos(batch.column(*column))
-                    && let Some(latest) = datafusion::arrow::compute::max(&nanos)
-                {
+        .map(move |batch| {
+            let batch = batch?;
+            counter.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+            if let Some((column, max)) = &event_time {
+                // An event time outside the range fails the batch: skipping it would move the
+                // watermark on without it.
+                let nanos = crate::time::to_nanos(batch.column(*column)).map_err(Error::into_datafusion)?;
+                if let Some(latest) = datafusion::arrow::compute::max(&nanos) {
                     max.fetch_max(latest, Ordering::Relaxed);
                 }
             }
+            Ok(batch)
         })
         .flat_map(|batch| {
             let slices: Vec<_> = match batch {

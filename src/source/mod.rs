@@ -150,7 +150,7 @@ pub(crate) fn count(offset: Option<&Offset>, source: &str) -> Result<usize> {
         None => Ok(0),
         Some(o) => o
             .as_u64()
-            .map(|n| n as usize)
+            .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| crate::error::Error::Internal(format!("{source} offset {o} is not a count"))),
     }
 }

@@ -12,13 +12,18 @@ use datafusion::arrow::array::{Int64Array, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 
 use super::{Offset, ReadLimit, Source, count, project_schema};
 use crate::error::{Error, Result};
 
 /// Rows generated per output record batch.
 const ROWS_PER_RECORD_BATCH: u64 = 8192;
+
+/// The most rows one trigger reads (16 MB of rows): a rate faster than the query keeps up with
+/// makes it fall behind, as in Spark, instead of making every batch larger than the last.
+const MAX_ROWS_PER_TRIGGER: u64 = 1_000_000;
 
 /// Generates `rows_per_second` rows per second of wall time, starting when it is created.
 #[derive(Debug)]
@@ -55,16 +60,43 @@ impl RateSource {
 
     fn rows_due(&self) -> u64 {
         let elapsed = self.started.elapsed();
-        self.base() + (elapsed.as_micros() * self.rows_per_second as u128 / 1_000_000) as u64
+        let due = elapsed.as_micros().saturating_mul(u128::from(self.rows_per_second)) / 1_000_000;
+        self.base().saturating_add(u64::try_from(due).unwrap_or(u64::MAX))
     }
 
+    /// What generating rows needs, detached from the clock.
+    fn generator(&self) -> Generator {
+        Generator {
+            schema: self.schema.clone(),
+            rows_per_second: self.rows_per_second,
+            base: self.base(),
+            start_micros: self.start_micros,
+        }
+    }
+}
+
+/// Makes rows `from..to` the same way every time.
+#[derive(Debug, Clone)]
+struct Generator {
+    schema: SchemaRef,
+    rows_per_second: u64,
+    base: u64,
+    start_micros: i64,
+}
+
+impl Generator {
+    /// Rows `from..to` (one record batch).
     fn batch(&self, from: u64, to: u64) -> Result<RecordBatch> {
-        let values: Vec<i64> = (from..to).map(|v| v as i64).collect();
-        let micros_per_row = 1_000_000f64 / self.rows_per_second as f64;
-        let times: Vec<i64> = values
-            .iter()
-            .map(|v| self.start_micros + ((*v - self.base() as i64) as f64 * micros_per_row) as i64)
-            .collect();
+        let out_of_range = || Error::OutOfRange(format!("rate source: row {to} has no representable timestamp"));
+        let mut values = Vec::with_capacity(usize::try_from(to.saturating_sub(from)).unwrap_or(0));
+        let mut times = Vec::with_capacity(values.capacity());
+        for v in from..to {
+            // Row `v` is due `(v - base) / rows_per_second` seconds after the clock started.
+            let since = (i128::from(v) - i128::from(self.base)) * 1_000_000 / i128::from(self.rows_per_second);
+            let time = i64::try_from(i128::from(self.start_micros) + since).map_err(|_| out_of_range())?;
+            values.push(i64::try_from(v).map_err(|_| out_of_range())?);
+            times.push(time);
+        }
         RecordBatch::try_new(
             self.schema.clone(),
             vec![
@@ -95,11 +127,13 @@ impl Source for RateSource {
         if let Some(start) = start {
             self.base.get_or_init(|| start.as_u64().unwrap_or(0));
         }
-        let mut due = self.rows_due();
+        let from = count(start, "rate source")? as u64;
+        // A fast rate falls behind rather than growing its batches without bound.
+        let mut due = self.rows_due().min(from.saturating_add(MAX_ROWS_PER_TRIGGER));
         if let ReadLimit::UpTo(cap) = &limit {
             due = due.min(count(Some(cap), "rate source")? as u64);
         }
-        Ok(Some(Offset::from_u64(due.max(count(start, "rate source")? as u64))))
+        Ok(Some(Offset::from_u64(due.max(from))))
     }
 
     async fn read(
@@ -112,18 +146,21 @@ impl Source for RateSource {
             count(start, "rate source")? as u64,
             count(Some(end), "rate source")? as u64,
         );
-        let mut batches = Vec::new();
-        let mut at = from;
-        while at < to {
-            let next = (at + ROWS_PER_RECORD_BATCH).min(to);
-            batches.push(self.batch(at, next)?);
-            at = next;
-        }
+        // Generated one record batch at a time as the query pulls them, so a long range (a
+        // replay after a long stop) never sits in memory whole.
+        let generator = self.generator();
+        let chunks = (from..to)
+            .step_by(ROWS_PER_RECORD_BATCH as usize)
+            .map(move |at| generator.batch(at, at.saturating_add(ROWS_PER_RECORD_BATCH).min(to)));
         let schema = project_schema(&self.schema, projection)?;
-        Ok(Box::pin(DfMemoryStream::try_new(
-            batches,
-            schema,
-            projection.map(|p| p.to_vec()),
-        )?))
+        let projection = projection.map(<[usize]>::to_vec);
+        let batches = futures::stream::iter(chunks).map(move |batch| {
+            let batch = batch.map_err(Error::into_datafusion)?;
+            match &projection {
+                Some(p) => Ok(batch.project(p)?),
+                None => Ok(batch),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }

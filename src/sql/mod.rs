@@ -207,7 +207,9 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
             Token::LParen => depth += 1,
             Token::RParen => depth = depth.saturating_sub(1),
             Token::Word(w) if depth == 1 && w.value.eq_ignore_ascii_case("watermark") => {
-                let after_comma = n > 0 && tokens[significant[n - 1]].token == Token::Comma;
+                // After a column (`, WATERMARK FOR ...`), or first in the list, as a stream with
+                // fixed columns (the rate source) declares it: `(WATERMARK FOR ...)`.
+                let after_comma = n > 0 && matches!(tokens[significant[n - 1]].token, Token::Comma | Token::LParen);
                 let for_next = significant
                     .get(n + 1)
                     .is_some_and(|j| is_word(&tokens[*j], Keyword::FOR));
@@ -241,15 +243,33 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
     let Some((comma, end)) = clause else {
         return Ok(None);
     };
-    let removed: Vec<TokenWithSpan> = tokens.drain(comma..end).collect();
-    let words: Vec<TokenWithSpan> = removed
+    // Cut the clause with the comma before it; first in the list, with the comma after it.
+    let first = tokens[comma].token == Token::LParen;
+    let (from, to) = if first {
+        let after = significant.iter().copied().find(|&j| j >= end);
+        match after {
+            Some(j) if tokens[j].token == Token::Comma => (comma + 1, j + 1),
+            _ => (comma + 1, end),
+        }
+    } else {
+        (comma, end)
+    };
+    let removed: Vec<TokenWithSpan> = tokens.drain(from..to).collect();
+    let mut words: Vec<TokenWithSpan> = removed
         .into_iter()
-        .skip(1) // the comma
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .collect();
+    if words.first().is_some_and(|t| t.token == Token::Comma) {
+        words.remove(0);
+    }
+    if words.last().is_some_and(|t| t.token == Token::Comma) {
+        words.pop();
+    }
     // WATERMARK FOR <column> AS <expression>
     let usage = "the clause is WATERMARK FOR <column> AS <column> - INTERVAL '<n>' <unit>";
+    // Named as DataFusion names the declared columns: unquoted names in lower case.
     let column = match words.get(2).map(|t| &t.token) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_lowercase(),
         Some(Token::Word(w)) => w.value.clone(),
         _ => return Err(Error::plan(format!("WATERMARK: {usage}"))),
     };

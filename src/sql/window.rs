@@ -15,10 +15,13 @@ use datafusion::arrow::datatypes::{
     DataType, Field, FieldRef, Fields, Int64Type, IntervalUnit, TimeUnit, TimestampMicrosecondType,
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
+use datafusion::arrow::error::ArrowError;
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
 };
+
+use crate::time::{nanos_per, show_time};
 
 /// The `window` function. See the [module docs](self).
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -33,6 +36,11 @@ impl TimeWindow {
         }
     }
 }
+
+/// The most windows a sliding window may put one row in (`width / slide`): each is a row of the
+/// aggregation's input, so past this one input row costs megabytes. A day in 10-second slides
+/// is 8640.
+pub(crate) const MAX_WINDOWS_PER_ROW: u64 = 10_000;
 
 /// The window sizes of one call, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,25 +58,35 @@ pub(crate) fn window_type(time: &DataType) -> DataType {
     ]))
 }
 
-/// A duration argument in nanoseconds: a string such as `'1 hour'` or an interval.
+/// A duration argument in nanoseconds: a string such as `'1 hour'` or an interval. Durations that
+/// do not fit in an `i64` of nanoseconds (about 292 years) are refused, never wrapped.
 pub(crate) fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
-    let nanos = match value {
+    const NANOS_PER_DAY: i128 = crate::time::NANOS_PER_DAY as i128;
+    let nanos: i128 = match value {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
             match crate::connector::parse_duration(s) {
-                Ok(d) => d.as_nanos() as i64,
+                Ok(d) => d.as_nanos() as i128,
                 Err(m) => return plan_err!("window(): {what}: {m}"),
             }
         }
         ScalarValue::IntervalMonthDayNano(Some(v)) if v.months == 0 => {
-            v.days as i64 * 86_400_000_000_000 + v.nanoseconds
+            i128::from(v.days) * NANOS_PER_DAY + i128::from(v.nanoseconds)
         }
-        ScalarValue::IntervalDayTime(Some(v)) => v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000,
+        ScalarValue::IntervalDayTime(Some(v)) => {
+            i128::from(v.days) * NANOS_PER_DAY + i128::from(v.milliseconds) * 1_000_000
+        }
         ScalarValue::IntervalMonthDayNano(Some(_)) | ScalarValue::IntervalYearMonth(Some(_)) => {
             return plan_err!("window(): {what} has months or years, whose length varies; use days or smaller units");
         }
         other => return plan_err!("window(): {what} must be a constant duration such as '1 hour', got {other}"),
     };
-    Ok(nanos)
+    match i64::try_from(nanos) {
+        Ok(nanos) => Ok(nanos),
+        Err(_) => plan_err!(
+            "window(): {what} is longer than the longest duration the engine computes with ({})",
+            crate::time::longest_duration()
+        ),
+    }
 }
 
 /// Reads and checks the constant arguments of a `window` call.
@@ -92,8 +110,15 @@ pub(crate) fn window_spec(args: &[Option<&ScalarValue>]) -> DfResult<WindowSpec>
     if slide > width {
         return plan_err!("window(): the slide must not exceed the width (rows between windows would be lost)");
     }
-    if offset.abs() >= slide {
+    if offset.unsigned_abs() >= slide.unsigned_abs() {
         return plan_err!("window(): the start offset must be smaller than the slide");
+    }
+    let per_row = width.unsigned_abs().div_ceil(slide.unsigned_abs());
+    if per_row > MAX_WINDOWS_PER_ROW {
+        return plan_err!(
+            "window(): a width {per_row} times its slide puts every row in {per_row} windows; at most \
+             {MAX_WINDOWS_PER_ROW} are allowed (use a longer slide)"
+        );
     }
     Ok(WindowSpec { width, slide, offset })
 }
@@ -109,15 +134,6 @@ fn spec_of_call(args: &ScalarFunctionArgs) -> DfResult<WindowSpec> {
         })
         .collect();
     window_spec(&constants)
-}
-
-pub(crate) fn nanos_per(unit: &TimeUnit) -> i64 {
-    match unit {
-        TimeUnit::Second => 1_000_000_000,
-        TimeUnit::Millisecond => 1_000_000,
-        TimeUnit::Microsecond => 1_000,
-        TimeUnit::Nanosecond => 1,
-    }
 }
 
 impl ScalarUDFImpl for TimeWindow {
@@ -189,7 +205,8 @@ impl ScalarUDFImpl for TimeWindow {
             TimeUnit::Microsecond => times.as_primitive::<TimestampMicrosecondType>().reinterpret_cast(),
             TimeUnit::Nanosecond => times.as_primitive::<TimestampNanosecondType>().reinterpret_cast(),
         };
-        let starts: PrimitiveArray<Int64Type> = raw.unary(|t| t - (t - offset).rem_euclid(width));
+        let starts: PrimitiveArray<Int64Type> =
+            raw.try_unary(|t| windows_at(t, width, width, offset, unit).map(|(start, _)| start))?;
         let ends: PrimitiveArray<Int64Type> = starts.unary(|s| s + width);
         let time_type = times.data_type().clone();
         let as_time = |a: PrimitiveArray<Int64Type>| -> DfResult<ArrayRef> {
@@ -202,6 +219,33 @@ impl ScalarUDFImpl for TimeWindow {
         let windows = StructArray::try_new(fields, vec![as_time(starts)?, as_time(ends)?], nulls)?;
         Ok(ColumnarValue::Array(Arc::new(windows)))
     }
+}
+
+/// The windows of `width`, `slide` and `offset` that hold time `t` (all in one unit): the latest
+/// window's start and the earliest's. Checked: when a window would start before or end after
+/// the range the engine computes in, the row is refused with its time, never given a wrapped
+/// window (a row in 2262 with a window ending in 1677).
+fn windows_at(t: i64, width: i64, slide: i64, offset: i64, unit: &TimeUnit) -> Result<(i64, i64), ArrowError> {
+    let time = t;
+    let (t, width, slide, offset) = (i128::from(t), i128::from(width), i128::from(slide), i128::from(offset));
+    let latest = t - (t - offset).rem_euclid(slide);
+    // Windows start every `slide` before `latest`; the earliest one still ends after `t`.
+    let earliest = latest - (width - (t - latest) - 1) / slide * slide;
+    let per = i128::from(nanos_per(unit));
+    let fits = |v: i128| {
+        v.checked_mul(per)
+            .is_some_and(|n| n > i128::from(i64::MIN) && n < i128::from(i64::MAX))
+    };
+    if !(fits(earliest) && fits(latest + width)) {
+        return Err(ArrowError::ComputeError(format!(
+            "window(): the row at {} falls in a window outside the range the engine computes in ({}); filter \
+             such rows out with WHERE, or correct them",
+            show_time(time, unit),
+            crate::time::RANGE
+        )));
+    }
+    // Both fit: they are within the range in nanoseconds, so in the column's unit too.
+    Ok((latest as i64, earliest as i64))
 }
 
 /// `window_list(time, width, slide [, start_offset])`: every sliding window that contains `time`,
@@ -263,13 +307,16 @@ impl ScalarUDFImpl for WindowList {
                 lengths.push(0);
                 continue;
             }
-            let t = raw.value(row);
-            let mut start = t - (t - offset).rem_euclid(slide);
+            let (latest, earliest) = windows_at(raw.value(row), width, slide, offset, unit)?;
+            let mut start = latest;
             let mut n = 0;
-            while start + width > t {
+            while start >= earliest {
                 starts.push(start);
-                start -= slide;
                 n += 1;
+                match start.checked_sub(slide) {
+                    Some(next) => start = next,
+                    None => break,
+                }
             }
             lengths.push(n);
         }

@@ -232,3 +232,26 @@ async fn rate_source_generates_rows_per_second_on_a_processing_time_trigger() {
     .await;
     assert_eq!(values, ["0|29|30"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_stream_declares_a_watermark_in_sql_and_closes_windows_with_it() {
+    let session = StreamingSession::new();
+    // Fixed columns, so the clause stands alone in the list (and the column's case is free).
+    let query = start(
+        &session,
+        "CREATE TABLE ticks (WATERMARK FOR Timestamp AS Timestamp - INTERVAL '0' SECOND)
+           WITH (connector = 'rate', rows_per_second = '10');
+         CREATE TABLE per_second WITH (connector = 'memory', output_mode = 'append', trigger = '1 second');
+         INSERT INTO per_second SELECT window(timestamp, '1 second') AS w, count(*) AS n
+         FROM ticks GROUP BY window(timestamp, '1 second')",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    query.stop().await.unwrap();
+    let counts = crate::common::query_rows(&session, "SELECT n FROM per_second ORDER BY w").await;
+    // Append mode emits only the windows the watermark closed: at least one of the four seconds,
+    // none with more than the ten rows a second makes.
+    assert!(!counts.is_empty(), "{:?}", query.recent_progress());
+    assert!(counts.iter().all(|n| n.parse::<u32>().unwrap() <= 10), "{counts:?}");
+    assert!(query.last_progress().unwrap().event_time.contains_key("watermark"));
+}

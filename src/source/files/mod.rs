@@ -294,7 +294,7 @@ impl Source for FilesSource {
         if limit != ReadLimit::All
             && let Some(max) = self.config.max_files_per_trigger
         {
-            end = end.min(start + max);
+            end = end.min(start.saturating_add(max));
         }
         if let Some(cap) = cap {
             end = end.min(cap);
