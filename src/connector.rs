@@ -204,14 +204,15 @@ pub(crate) struct BuiltSource {
 }
 
 /// Builds the source of a stream. `schema` is the declared column list (`None` when there is none).
-pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Result<BuiltSource> {
+/// `name` is the stream's name in SQL, if it has one.
+pub(crate) fn build_source(name: Option<&str>, options: &Options, schema: Option<SchemaRef>) -> Result<BuiltSource> {
     let (connector, valid) = options.connector(SOURCE_CONNECTORS)?;
     options.check_known(connector, valid)?;
     let idle_timeout = options
         .get("idle_timeout")
         .map(|t| parse_duration(t).map_err(|m| options.error(format!("option 'idle_timeout': {m}"))))
         .transpose()?;
-    let (source, memory) = source_of(connector, options, schema)?;
+    let (source, memory) = source_of(name, connector, options, schema)?;
     Ok(BuiltSource {
         source,
         memory,
@@ -220,6 +221,7 @@ pub(crate) fn build_source(options: &Options, schema: Option<SchemaRef>) -> Resu
 }
 
 fn source_of(
+    name: Option<&str>,
     connector: &str,
     options: &Options,
     schema: Option<SchemaRef>,
@@ -274,7 +276,10 @@ fn source_of(
         }
         "memory" => {
             let schema = schema.ok_or_else(|| options.error("a memory stream needs a column list"))?;
-            let stream = MemoryStream::new(schema);
+            let stream = match name {
+                Some(name) => MemoryStream::named(name, schema),
+                None => MemoryStream::new(schema),
+            };
             Ok((Arc::new(stream.clone()), Some(stream)))
         }
         _ => {

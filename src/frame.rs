@@ -88,7 +88,7 @@ impl DataStreamReader {
         let mut options = self.options("read_stream()")?;
         options.insert("connector", "files");
         options.insert("path", path);
-        let built = connector::build_source(&options, self.schema)?;
+        let built = connector::build_source(None, &options, self.schema)?;
         self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 
@@ -100,7 +100,7 @@ impl DataStreamReader {
         let mut options = self.options("read_stream()")?;
         let format = self.format.clone().unwrap_or_default();
         options.insert("connector", format);
-        let built = connector::build_source(&options, self.schema)?;
+        let built = connector::build_source(None, &options, self.schema)?;
         self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 

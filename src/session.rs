@@ -341,7 +341,7 @@ impl StreamingSession {
             lock(&self.inner.sinks).insert(name.to_string(), definition);
             return Ok(());
         }
-        let built = connector::build_source(&options, schema)?;
+        let built = connector::build_source(Some(name), &options, schema)?;
         let table = StreamTable::try_new(name, built.source, watermark)?.with_idle_timeout(built.idle_timeout);
         self.register_table(table)?;
         if let Some(memory) = built.memory {
@@ -517,7 +517,7 @@ impl StreamingSession {
                 checkpoint
             }
         };
-        let sources = plan.sources().iter().map(|s| s.description()).collect();
+        let sources = plan.sources().iter().map(|s| s.identity()).collect();
         let shape = plan.state_shape();
         let metadata = match checkpoint.metadata().await? {
             Some(stored) => {

@@ -14,6 +14,12 @@
 //! place), the way databases recycle their log segments. A folder keeps up to [`FREE_FILES`]
 //! such files of up to 64 MiB each; leftovers of an earlier process are deleted when the folder
 //! is listed.
+//!
+//! # Every file is sealed
+//! What [`Dir::put`] and [`Dir::upload`] write ends with a seal line naming the file (its path
+//! inside the checkpoint) and the content's checksum, and [`Dir::get`] returns the content only
+//! once the seal holds ([`super::seal`]): a damaged, cut short or misplaced file is an error
+//! naming it before anyone reads it.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -25,6 +31,7 @@ use bytes::Bytes;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
+use super::seal::{self, Checksum};
 use crate::error::{Error, Result};
 
 /// A folder in an object store.
@@ -32,6 +39,9 @@ use crate::error::{Error, Result};
 pub(crate) struct Dir {
     store: Arc<dyn ObjectStore>,
     path: Path,
+    /// The folder inside the checkpoint (`state/0`; empty at its root): what seals name a file
+    /// by, so a checkpoint can be moved or copied whole and still opens.
+    inside: String,
     /// The folder as users know it (a path or URL), for messages.
     display: String,
     /// For a folder on the local file system: written and deleted through it, not `store`.
@@ -58,6 +68,7 @@ impl Dir {
         Dir {
             store,
             path,
+            inside: String::new(),
             display: display.into(),
             local: local.map(|folder| Local {
                 folder,
@@ -71,6 +82,7 @@ impl Dir {
         Dir {
             store: self.store.clone(),
             path: self.path.clone().join(name),
+            inside: self.sealed_name(name),
             display: format!("{}/{name}", self.display),
             local: self.local.as_ref().map(|local| Local {
                 folder: local.folder.join(name),
@@ -82,6 +94,14 @@ impl Dir {
     /// The name of file `name` as users know it, for messages.
     pub(crate) fn display(&self, name: &str) -> String {
         format!("{}/{name}", self.display)
+    }
+
+    /// File `name` as its seal names it: its path inside the checkpoint.
+    fn sealed_name(&self, name: &str) -> String {
+        match self.inside.as_str() {
+            "" => name.to_string(),
+            inside => format!("{inside}/{name}"),
+        }
     }
 
     /// The folder itself as users know it.
@@ -97,7 +117,24 @@ impl Dir {
     }
 
     /// The content of file `name`, `None` when it does not exist.
+    ///
+    /// # Errors
+    /// A file whose seal does not hold (damaged, cut short, another file's copy), naming it.
     pub(crate) async fn get(&self, name: &str) -> Result<Option<Bytes>> {
+        let Some(file) = self.get_sealed(name).await? else {
+            return Ok(None);
+        };
+        match seal::open(&file, &self.sealed_name(name)) {
+            Ok(content) => Ok(Some(file.slice_ref(content))),
+            Err(broken) => Err(Error::Checkpoint {
+                file: self.display(name),
+                message: broken.to_string(),
+            }),
+        }
+    }
+
+    /// File `name` as stored, seal and all.
+    pub(crate) async fn get_sealed(&self, name: &str) -> Result<Option<Bytes>> {
         let result = match self.store.get(&self.path.clone().join(name)).await {
             Ok(result) => result.bytes().await,
             Err(e) => Err(e),
@@ -116,11 +153,12 @@ impl Dir {
         }
     }
 
-    /// Writes file `name` atomically.
+    /// Writes file `name` atomically, sealed.
     pub(crate) async fn put(&self, name: &str, bytes: Bytes, mode: Write) -> Result<()> {
+        let sealed = Bytes::from(seal::seal(&bytes, &self.sealed_name(name)));
         if let Some(local) = &self.local {
             let (local, file) = (local.clone(), name.to_string());
-            return match blocking(move || local.put(&file, &bytes, mode)).await {
+            return match blocking(move || local.put(&file, &[&bytes, &sealed], mode)).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(already_exists(self.display(name))),
                 Err(e) => Err(self.io_error("writing", name, e)),
@@ -135,7 +173,11 @@ impl Dir {
         };
         match self
             .store
-            .put_opts(&self.path.clone().join(name), PutPayload::from_bytes(bytes), options)
+            .put_opts(
+                &self.path.clone().join(name),
+                PutPayload::from_iter([bytes, sealed]),
+                options,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -154,6 +196,7 @@ impl Dir {
             .map_err(|e| self.store_error("writing", name, e))?;
         Ok(Upload {
             parts: WriteMultipart::new(upload),
+            checksum: Checksum::new(),
             dir: self.clone(),
             name: name.to_string(),
         })
@@ -295,11 +338,11 @@ impl Local {
         free.get(&self.folder).is_none_or(|files| files.len() < FREE_FILES)
     }
 
-    /// Writes `bytes` to a free file (or a new one), then gives it the name `name`: by a rename
+    /// Writes `parts` to a free file (or a new one), then gives it the name `name`: by a rename
     /// that replaces any file of that name, or for [`Write::Once`] by a hard link that fails if
     /// one exists.
-    fn put(&self, name: &str, bytes: &[u8], mode: Write) -> std::io::Result<()> {
-        let len = bytes.len() as u64;
+    fn put(&self, name: &str, parts: &[&[u8]], mode: Write) -> std::io::Result<()> {
+        let len: u64 = parts.iter().map(|part| part.len() as u64).sum();
         let reused = std::iter::from_fn(|| self.take_free(len)).find_map(|free| {
             Some((
                 std::fs::OpenOptions::new().write(true).open(&free.path).ok()?,
@@ -321,7 +364,10 @@ impl Local {
                 (file, path)
             }
         };
-        let written = file.write_all(bytes).and_then(|()| file.set_len(len));
+        let written = parts
+            .iter()
+            .try_for_each(|part| file.write_all(part))
+            .and_then(|()| file.set_len(len));
         drop(file);
         let placed = written.and_then(|()| {
             let target = self.folder.join(name);
@@ -365,6 +411,8 @@ impl Local {
 /// not at all after [`Upload::abort`].
 pub(crate) struct Upload {
     parts: WriteMultipart,
+    /// Of the parts written so far: the seal is the last part.
+    checksum: Checksum,
     dir: Dir,
     name: String,
 }
@@ -377,12 +425,15 @@ impl Upload {
             .wait_for_capacity(2)
             .await
             .map_err(|e| self.dir.store_error("writing", &self.name, e))?;
+        self.checksum.update(&bytes);
         self.parts.put(bytes);
         Ok(())
     }
 
-    /// Writes what is left and makes the file appear.
-    pub(crate) async fn finish(self) -> Result<()> {
+    /// Writes what is left and the seal, and makes the file appear.
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        let sealed = self.checksum.seal(&self.dir.sealed_name(&self.name));
+        self.parts.put(Bytes::from(sealed));
         match self.parts.finish().await {
             Ok(_) => Ok(()),
             Err(e) => Err(self.dir.store_error("writing", &self.name, e)),

@@ -19,6 +19,7 @@
 //! planner provides, compared one by one when a query restarts.
 
 mod dir;
+mod seal;
 
 use std::sync::{Arc, Mutex};
 
@@ -34,8 +35,9 @@ use crate::source::Offset;
 
 /// The checkpoint format this version writes and reads. 2: state files number groups by slot.
 /// 3: each session of a session window is a bucket of its own, written as deltas. 4: one state
-/// file per version for all shards. 5: a window's bucket column is run-end encoded.
-const FORMAT_VERSION: u32 = 5;
+/// file per version for all shards. 5: a window's bucket column is run-end encoded. 6: every file
+/// ends with a seal (its name and checksum), and the metadata names each source.
+const FORMAT_VERSION: u32 = 6;
 
 /// What a checkpoint records about the query it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,26 +226,55 @@ impl Checkpoint {
         let Some(root) = &self.root else {
             return Ok(None);
         };
-        let metadata: Option<Metadata> = self.read(root, "metadata").await?;
+        let other_version = |version: u64| Error::Checkpoint {
+            file: root.display("metadata"),
+            message: format!("format version {version} is not the one this Tidewater reads ({FORMAT_VERSION})"),
+        };
+        let metadata: Option<Metadata> = match self.read(root, "metadata").await {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                // Checkpoints before format 6 have no seals: say which format it is, not "damaged".
+                let version = root
+                    .get_sealed("metadata")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                    .and_then(|value| value.get("version")?.as_u64());
+                return Err(match version {
+                    Some(version) if version != u64::from(FORMAT_VERSION) => other_version(version),
+                    _ => error,
+                });
+            }
+        };
         if let Some(m) = &metadata
             && m.version != FORMAT_VERSION
         {
-            return Err(Error::Checkpoint {
-                file: root.display("metadata"),
-                message: format!(
-                    "format version {} is not the one this Tidewater reads ({FORMAT_VERSION})",
-                    m.version
-                ),
-            });
+            return Err(other_version(u64::from(m.version)));
         }
         Ok(metadata)
     }
 
+    /// Writes the metadata of a new checkpoint. A checkpoint that already holds log entries is not
+    /// new: its metadata was lost, and with it the query id the sinks know its batches by and what
+    /// its state must match, so that is an error rather than a fresh start.
     pub(crate) async fn write_metadata(&self, metadata: &Metadata) -> Result<()> {
-        match &self.root {
-            Some(root) => self.write(root, "metadata", metadata).await,
-            None => Ok(()),
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
+        for log in ["offsets", "commits"] {
+            if let Some(id) = dir::batch_ids(&root.child(log).list().await?).first() {
+                return Err(Error::Checkpoint {
+                    file: root.display("metadata"),
+                    message: format!(
+                        "missing, but the checkpoint holds {log}/{id}: it is damaged (a new query id would make \
+                         the sinks take replayed batches as new ones). Restore the file, or start the query \
+                         with a new checkpoint_location"
+                    ),
+                });
+            }
         }
+        self.write(root, "metadata", metadata).await
     }
 
     pub(crate) async fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
@@ -391,7 +422,7 @@ pub(crate) fn check_compatible(stored: &Metadata, current: &Metadata, file: &str
              restore the query as it was, or start it with a new checkpoint_location"
         )))
     };
-    if stored.sources.len() != current.sources.len() {
+    if stored.sources != current.sources {
         return changed(
             "the streams read",
             format!("[{}]", stored.sources.join(", ")),
@@ -417,6 +448,19 @@ pub(crate) fn check_compatible(stored: &Metadata, current: &Metadata, file: &str
                 format!("[{}]", now.join(", ")),
             );
         }
+    }
+    if stored.state.len() != current.state.len() {
+        let facts = |m: &Metadata| {
+            format!(
+                "[{}]",
+                m.state
+                    .iter()
+                    .map(|(what, _)| what.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        return changed("the state's kind", facts(stored), facts(current));
     }
     Ok(())
 }

@@ -468,9 +468,15 @@ impl Driver {
         operator: Option<&mut Sharded>,
         store: Option<&StateStore>,
     ) -> Result<(Watermarks, u64, Option<OffsetEntry>)> {
+        let logged = match &self.recovery {
+            Recovery::Fresh => None,
+            Recovery::Resume { last, .. } => Some(&last.offsets),
+            Recovery::Replay { batch, .. } => Some(&batch.offsets),
+        };
         for (i, cursor) in cursors.iter().enumerate() {
             if let Some(log) = self.checkpoint.source_dir(i) {
-                cursor.source.restore(&log).await?;
+                let end = logged.and_then(|ends| ends.get(i)).and_then(Option::as_ref);
+                cursor.source.restore(&log, end).await?;
             }
         }
         let (watermarks, next, replay, committed) = match &self.recovery {

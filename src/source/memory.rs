@@ -1,7 +1,16 @@
 //! The memory source: rows pushed from Rust code, like Spark's `MemoryStream`.
 //!
 //! It is the backbone of deterministic tests: a test adds exactly the batches it wants, runs a
-//! trigger, and checks what came out. The offset is the number of batches added so far.
+//! trigger, and checks what came out.
+//!
+//! # Offsets across restarts
+//! The rows live in the process, so an offset is `{"stream": <id>, "batches": n}`: the first `n`
+//! batches of the stream instance `id`. A query restarted in the same process over its checkpoint
+//! (stopped, then started again) goes on from `n` in the same instance. A new process has a new
+//! instance, empty until rows are added: the checkpoint's offsets name the old instance, so the new
+//! one is read from its first batch (none of its rows is skipped), and a batch that was logged but
+//! never committed cannot be run again, since its rows went with the old process: that is an error
+//! saying so, never a silent skip.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +20,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
 
-use super::{Offset, ReadLimit, Source, count, project_schema};
+use super::{Offset, ReadLimit, Source, project_schema};
 use crate::error::{Error, Result};
 
 /// A source fed from code: every [`MemoryStream::add_batch`] becomes visible to the next trigger.
@@ -35,6 +44,10 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug)]
 pub struct MemoryStream {
     schema: SchemaRef,
+    /// The stream's name in SQL, if it was declared there: part of its identity in a checkpoint.
+    name: Option<String>,
+    /// This instance, in its offsets: unique per process and stream.
+    id: Arc<str>,
     /// Every batch ever added, in order; offset `n` means "the first `n` batches".
     batches: Arc<Mutex<Vec<RecordBatch>>>,
 }
@@ -44,7 +57,17 @@ impl MemoryStream {
     pub fn new(schema: SchemaRef) -> Self {
         MemoryStream {
             schema,
+            name: None,
+            id: uuid::Uuid::new_v4().simple().to_string().into(),
             batches: Arc::default(),
+        }
+    }
+
+    /// An empty stream declared in SQL as `name`.
+    pub(crate) fn named(name: &str, schema: SchemaRef) -> Self {
+        MemoryStream {
+            name: Some(name.to_string()),
+            ..MemoryStream::new(schema)
         }
     }
 
@@ -86,6 +109,40 @@ impl MemoryStream {
         // A poisoned lock only means another thread panicked while pushing; the data is intact.
         self.batches.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn offset(&self, batches: usize) -> Offset {
+        Offset(serde_json::json!({ "stream": &*self.id, "batches": batches }))
+    }
+
+    /// The batches of this instance an offset stands for: `None` when it is another instance's
+    /// (one of an earlier process, whose rows are gone).
+    fn batches_at(&self, offset: &Offset) -> Result<Option<usize>> {
+        let stream = offset.0.get("stream").and_then(|s| s.as_str());
+        let batches = offset.0.get("batches").and_then(|n| n.as_u64());
+        match (stream, batches) {
+            (Some(stream), Some(n)) => Ok((stream == &*self.id).then(|| usize::try_from(n).unwrap_or(usize::MAX))),
+            _ => Err(Error::Internal(format!("memory stream offset {offset} is not one"))),
+        }
+    }
+
+    /// Where reading after `start` begins in this instance: from its first batch when `start` is
+    /// another instance's.
+    fn first_after(&self, start: Option<&Offset>) -> Result<usize> {
+        match start {
+            None => Ok(0),
+            Some(offset) => match self.batches_at(offset)? {
+                Some(n) => Ok(n),
+                None => {
+                    tracing::info!(
+                        stream = self.description(),
+                        "the checkpoint's offsets are of this memory stream in an earlier process, whose rows \
+                         are gone; reading this process's rows from the first"
+                    );
+                    Ok(0)
+                }
+            },
+        }
+    }
 }
 
 #[async_trait]
@@ -99,19 +156,22 @@ impl Source for MemoryStream {
     }
 
     fn description(&self) -> String {
-        "MemoryStream".to_string()
+        match &self.name {
+            Some(name) => format!("MemoryStream[{name}]"),
+            None => "MemoryStream".to_string(),
+        }
     }
 
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
-        let available = self.len();
-        if available == 0 {
-            return Ok(start.cloned());
-        }
+        let (available, from) = (self.len(), self.first_after(start)?);
         let end = match &limit {
-            ReadLimit::UpTo(cap) => available.min(count(Some(cap), "memory stream")?),
+            ReadLimit::UpTo(cap) => available.min(self.batches_at(cap)?.unwrap_or(0)),
             ReadLimit::Default | ReadLimit::All => available,
         };
-        Ok(Some(Offset::from_u64(end.max(count(start, "memory stream")?) as u64)))
+        if end <= from {
+            return Ok(start.cloned());
+        }
+        Ok(Some(self.offset(end)))
     }
 
     async fn read(
@@ -120,7 +180,15 @@ impl Source for MemoryStream {
         end: &Offset,
         projection: Option<&[usize]>,
     ) -> Result<SendableRecordBatchStream> {
-        let (from, to) = (count(start, "memory stream")?, count(Some(end), "memory stream")?);
+        let to = self.batches_at(end)?.ok_or_else(|| {
+            Error::plan(format!(
+                "{}: the batch to run again after the restart read rows that were added to this memory stream \
+                 in an earlier process, and a memory stream keeps its rows only in memory: they are gone. Start \
+                 the query with a new checkpoint_location (or read a replayable source such as files)",
+                self.description()
+            ))
+        })?;
+        let from = self.first_after(start)?;
         let batches = self.lock();
         let slice = batches
             .get(from..to)

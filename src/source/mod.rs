@@ -84,6 +84,14 @@ pub trait Source: Send + Sync + Debug {
     /// A short human description for progress reports, e.g. `FilesSource[data/events]`.
     fn description(&self) -> String;
 
+    /// What a checkpoint records to know this source again when the query restarts: its kind and
+    /// what it reads (a files source's directory, a memory stream's name). A restart whose sources
+    /// are not the checkpoint's is refused, since their offsets would mean other rows. Options
+    /// that only pace a source (a rate, a per-trigger limit) are left out, so they may change.
+    fn identity(&self) -> String {
+        self.description()
+    }
+
     /// The offset up to which input is available now, bounded by `limit`, or `None` when there
     /// has never been any input. Equal to `start` when nothing new arrived.
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>>;
@@ -121,9 +129,11 @@ pub trait Source: Send + Sync + Debug {
         Ok(())
     }
 
-    /// Reads back what [`Source::persist`] logged, when a query restarts from its checkpoint.
-    async fn restore(&self, log: &dyn SourceLog) -> Result<()> {
-        let _ = log;
+    /// Reads back what [`Source::persist`] logged, when a query restarts from its checkpoint;
+    /// `end` is the last end offset the offsets log holds for this source. A log that does not
+    /// reach `end` (deleted or damaged) is an error naming it: reading on would skip or repeat rows.
+    async fn restore(&self, log: &dyn SourceLog, end: Option<&Offset>) -> Result<()> {
+        let _ = (log, end);
         Ok(())
     }
 }

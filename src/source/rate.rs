@@ -123,6 +123,11 @@ impl Source for RateSource {
         format!("RateSource[rowsPerSecond={}]", self.rows_per_second)
     }
 
+    /// The rate may change across restarts: it only paces the rows.
+    fn identity(&self) -> String {
+        "RateSource".to_string()
+    }
+
     async fn latest_offset(&self, start: Option<&Offset>, limit: ReadLimit) -> Result<Option<Offset>> {
         if let Some(start) = start {
             self.base.get_or_init(|| start.as_u64().unwrap_or(0));

@@ -195,43 +195,238 @@ async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_cha
     query.stop().await.unwrap();
 }
 
+/// The error a restart over `checkpoint` stops with, whether at start or in its first batch.
+async fn restart_error(session: &StreamingSession, checkpoint: &Path) -> String {
+    match session.run_script(&counts_script(checkpoint, "")).await {
+        Err(error) => error.to_string(),
+        Ok(outcomes) => match outcomes.into_iter().last() {
+            Some(tidewater::StatementOutcome::Started(query)) => {
+                let error = query.await_termination(None).await.expect_err("a damaged checkpoint");
+                error.to_string()
+            }
+            other => panic!("no query started: {other:?}"),
+        },
+    }
+}
+
 #[tokio::test]
 async fn damaged_checkpoint_files_are_errors_naming_the_file() {
     let (_dir, checkpoint, session) = one_committed_batch(1).await;
-
-    // A truncated state file: the query fails naming it, and nothing starts afresh.
     let delta = checkpoint.join("state/0/0.delta");
     let bytes = std::fs::read(&delta).unwrap();
+
+    // A truncated state file: the query fails naming it, and nothing starts afresh.
     std::fs::write(&delta, &bytes[..bytes.len() / 2]).unwrap();
-    let query = counts(&session, &checkpoint, "").await;
-    let error = query
-        .await_termination(None)
-        .await
-        .expect_err("damaged state")
-        .to_string();
+    let error = restart_error(&session, &checkpoint).await;
     assert!(
-        error.contains("state/0/0.delta") && error.contains("damaged or truncated"),
+        error.contains("state/0/0.delta") && error.contains("cut short"),
         "{error}"
     );
+
+    // One changed byte anywhere in it (a count of 1 could read back as another number): caught
+    // by its checksum before anything reads it.
+    for at in (0..bytes.len()).step_by(97) {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x02;
+        std::fs::write(&delta, &damaged).unwrap();
+        let error = restart_error(&session, &checkpoint).await;
+        assert!(error.contains("state/0/0.delta"), "byte {at}: {error}");
+    }
     std::fs::write(&delta, &bytes).unwrap();
 
     // A damaged offsets entry: refused at start.
+    let offsets = std::fs::read(checkpoint.join("offsets/0")).unwrap();
     std::fs::write(checkpoint.join("offsets/0"), b"{ not json").unwrap();
-    let error = session
-        .run_script(&counts_script(&checkpoint, ""))
-        .await
-        .expect_err("damaged offsets")
-        .to_string();
+    let error = restart_error(&session, &checkpoint).await;
     assert!(error.contains("offsets/0") && error.contains("damaged"), "{error}");
+
+    // An entry copied into another's place names what it is a copy of.
+    std::fs::write(checkpoint.join("offsets/0"), &offsets).unwrap();
+    std::fs::copy(checkpoint.join("offsets/0"), checkpoint.join("offsets/1")).unwrap();
+    let error = restart_error(&session, &checkpoint).await;
+    assert!(
+        error.contains("offsets/1") && error.contains("copy of 'offsets/0'"),
+        "{error}"
+    );
+    std::fs::remove_file(checkpoint.join("offsets/1")).unwrap();
 
     // Commits without offsets: not a state a crash leaves, so an error too.
     std::fs::remove_file(checkpoint.join("offsets/0")).unwrap();
-    let error = session
-        .run_script(&counts_script(&checkpoint, ""))
-        .await
-        .expect_err("commit without offsets")
-        .to_string();
+    let error = restart_error(&session, &checkpoint).await;
     assert!(error.contains("offsets log is empty"), "{error}");
+    std::fs::write(checkpoint.join("offsets/0"), &offsets).unwrap();
+
+    // Without its metadata the checkpoint is damaged, not new: a new query id would make the
+    // sinks take its replayed batches for new ones.
+    let metadata = std::fs::read(checkpoint.join("metadata")).unwrap();
+    std::fs::remove_file(checkpoint.join("metadata")).unwrap();
+    let error = restart_error(&session, &checkpoint).await;
+    assert!(
+        error.contains("cp/metadata") && error.contains("missing, but the checkpoint holds offsets/0"),
+        "{error}"
+    );
+    assert!(!checkpoint.join("metadata").exists(), "nothing written over it");
+    std::fs::write(checkpoint.join("metadata"), &metadata).unwrap();
+
+    // Put back as it was, the checkpoint restores.
+    let query = counts(&session, &checkpoint, "").await;
+    push(&session, &[("a", 2)]);
+    query.process_all_available().await.unwrap();
+    assert_eq!(table(&session).await, ["a|2|3"]);
+    query.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_checkpoint_of_a_query_with_other_sources_is_refused_naming_them() {
+    let (dir, checkpoint, session) = one_committed_batch(1).await;
+    // The same query over another stream with the same columns.
+    session
+        .sql("CREATE TABLE other_words (word VARCHAR, x INT) WITH (connector = 'memory')")
+        .await
+        .unwrap();
+    let script = counts_script(&checkpoint, "").replace("FROM words", "FROM other_words");
+    let error = session
+        .run_script(&script)
+        .await
+        .expect_err("other sources")
+        .to_string();
+    assert!(
+        error.contains("the streams read changed from [MemoryStream[words]] to [MemoryStream[other_words]]"),
+        "{error}"
+    );
+
+    // A rate stream's checkpoint reused by a files stream: the files would never be read.
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let rate = dir.path().join("rate");
+    let run = |source: String| {
+        format!(
+            "DROP TABLE IF EXISTS src; DROP TABLE IF EXISTS out;
+             {source};
+             CREATE TABLE out WITH (connector = 'memory', checkpoint_location = '{}', trigger = 'once');
+             INSERT INTO out SELECT value FROM src",
+            rate.display()
+        )
+    };
+    let query = start(
+        &session,
+        &run("CREATE TABLE src WITH (connector = 'rate', rows_per_second = '1000')".into()),
+    )
+    .await;
+    query.await_termination(None).await.unwrap();
+    let error = session
+        .run_script(&run(format!(
+            "CREATE TABLE src (value BIGINT) WITH (connector = 'files', format = 'json', path = '{}')",
+            input.display()
+        )))
+        .await
+        .expect_err("a rate checkpoint for a files query")
+        .to_string();
+    assert!(
+        error.contains("the streams read changed from [RateSource] to [FilesSource["),
+        "{error}"
+    );
+    // Another rate is the same source, paced differently: fine.
+    let query = start(
+        &session,
+        &run("CREATE TABLE src WITH (connector = 'rate', rows_per_second = '5')".into()),
+    )
+    .await;
+    query.await_termination(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_files_source_whose_log_was_deleted_is_refused_instead_of_reading_files_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, checkpoint) = (dir.path().join("in"), dir.path().join("cp"));
+    std::fs::create_dir(&input).unwrap();
+    crate::common::drop_file(&input, "a.json", b"{\"n\": 1}\n");
+    crate::common::drop_file(&input, "b.json", b"{\"n\": 2}\n");
+    read_new_files(&input, &checkpoint).await;
+
+    for damage in ["the whole log", "its latest entry"] {
+        let log = checkpoint.join("sources/0");
+        let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect();
+        match damage {
+            "the whole log" => std::fs::remove_dir_all(&log).unwrap(),
+            _ => std::fs::remove_file(log.join("1")).unwrap(),
+        }
+        let session = StreamingSession::new();
+        let error = session
+            .read_stream()
+            .format("json")
+            .schema(std::sync::Arc::new(tidewater::arrow::datatypes::Schema::new(vec![
+                tidewater::arrow::datatypes::Field::new("n", tidewater::arrow::datatypes::DataType::Int64, true),
+            ])))
+            .option("maxFilesPerTrigger", 1)
+            .load(&input.display().to_string())
+            .await
+            .unwrap()
+            .write_stream()
+            .format("memory")
+            .query_name("seen")
+            .option("checkpointLocation", checkpoint.display())
+            .trigger(tidewater::Trigger::AvailableNow)
+            .start()
+            .await
+            .unwrap()
+            .await_termination(None)
+            .await
+            .expect_err(damage)
+            .to_string();
+        assert!(
+            error.contains("sources/0") && error.contains("where the offsets log says 2 were read"),
+            "{damage}: {error}"
+        );
+        std::fs::create_dir_all(&log).unwrap();
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+    // Restored, it reads only what is new.
+    crate::common::drop_file(&input, "c.json", b"{\"n\": 3}\n");
+    assert_eq!(read_new_files(&input, &checkpoint).await, (vec!["3".into()], 2));
+}
+
+#[tokio::test]
+async fn a_memory_stream_in_a_new_process_is_read_from_its_first_row_and_a_lost_batch_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("cp");
+    let first = StreamingSession::new();
+    words_stream(&first).await;
+    let query = counts(&first, &checkpoint, ", state_partitions = '1'").await;
+    push(&first, &[("a", 1)]);
+    push(&first, &[("b", 1)]);
+    query.process_all_available().await.unwrap();
+    query.stop().await.unwrap();
+
+    // A new process: a new, empty memory stream. None of its rows is skipped, though the
+    // checkpoint's offsets say two batches were read (of the old stream).
+    let second = StreamingSession::new();
+    words_stream(&second).await;
+    let query = counts(&second, &checkpoint, "").await;
+    push(&second, &[("a", 10)]);
+    query.process_all_available().await.unwrap();
+    assert_eq!(table(&second).await, ["a|2|11", "b|1|1"]);
+    push(&second, &[("c", 1)]);
+    query.process_all_available().await.unwrap();
+    assert_eq!(table(&second).await, ["a|2|11", "b|1|1", "c|1|1"]);
+    query.stop().await.unwrap();
+
+    // A batch logged but never committed cannot run again in a third process: its rows are gone.
+    std::fs::remove_file(checkpoint.join("commits/2")).unwrap();
+    let third = StreamingSession::new();
+    words_stream(&third).await;
+    let query = counts(&third, &checkpoint, "").await;
+    let error = query.await_termination(None).await.expect_err("lost rows").to_string();
+    assert!(
+        error.contains("MemoryStream[words]") && error.contains("they are gone"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
@@ -397,10 +592,18 @@ async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_
     assert!(!temporary[0].exists(), "removed when the query stopped");
 }
 
+/// A checkpoint file's content: all but its last line, the seal with its name and checksum.
+fn unsealed(file: &[u8]) -> Vec<u8> {
+    let body = file.strip_suffix(b"\n").unwrap();
+    let seal = body.iter().rposition(|b| *b == b'\n').unwrap();
+    assert!(body[seal + 1..].starts_with(b"#tidewater "), "a sealed file");
+    body[..seal].to_vec()
+}
+
 /// The rows of a one-shard state file and the buckets it removes (as written in its metadata).
 fn state_file(path: &Path) -> (usize, String) {
-    let file = std::fs::File::open(path).unwrap();
-    let reader = tidewater::arrow::ipc::reader::FileReader::try_new(file, None).unwrap();
+    let file = unsealed(&std::fs::read(path).unwrap());
+    let reader = tidewater::arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(file), None).unwrap();
     let shards: serde_json::Value = serde_json::from_str(&reader.custom_metadata()["tidewater.shards"]).unwrap();
     let [shard] = shards.as_array().unwrap().as_slice() else {
         panic!("one shard: {shards}")

@@ -360,8 +360,20 @@ impl Source for FilesSource {
         log::persist(log, batch_id, &files).await
     }
 
-    async fn restore(&self, log: &dyn SourceLog) -> Result<()> {
+    async fn restore(&self, log: &dyn SourceLog, end: Option<&Offset>) -> Result<()> {
         let files = log::restore(log).await?;
+        let logged = count(end, "files source")?;
+        if files.len() < logged {
+            return Err(Error::Checkpoint {
+                file: log.display(""),
+                message: format!(
+                    "lists {} files where the offsets log says {logged} were read: the source's log was deleted \
+                     or damaged, so which files were read is lost; restore the folder, or start the query \
+                     with a new checkpoint_location",
+                    files.len()
+                ),
+            });
+        }
         let mut state = self.lock();
         for file in files {
             if state.seen.insert(file.clone()) {
