@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::IntervalMonthDayNano;
+use datafusion::arrow::datatypes::{DataType, IntervalMonthDayNano};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result, ScalarValue};
@@ -19,12 +19,12 @@ use datafusion::functions_aggregate::min_max::max_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::{
-    Aggregate, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, WindowFrame, WindowFrameBound, WindowFrameUnits,
-    col, lit, when,
+    Aggregate, Expr, ExprFunctionExt, ExprSchemable, LogicalPlan, LogicalPlanBuilder, WindowFrame, WindowFrameBound,
+    WindowFrameUnits, col, lit, when,
 };
 use datafusion::optimizer::AnalyzerRule;
 
-use super::window::duration_nanos;
+use super::window::{duration_nanos, whole_units};
 use crate::planner::contains_stream;
 
 const PREVIOUS_END: &str = "__tidewater_previous_end";
@@ -66,12 +66,15 @@ fn rewrite(aggregate: Aggregate) -> Result<Transformed<LogicalPlan>> {
     let Expr::Literal(gap, _) = &args[1] else {
         return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
     };
-    let gap = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
-        0,
-        0,
-        duration_nanos(gap, "the gap")?,
-    ))));
+    let gap = duration_nanos(gap, "the gap")?;
     let time = args[0].clone();
+    // As in a stream: a gap of no whole number of the column's units is refused, not cut.
+    if let Ok(DataType::Timestamp(unit, _)) = time.get_type(aggregate.input.schema()) {
+        whole_units(gap, &unit, "session_window(): the gap")?;
+    }
+    let gap = lit(ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(
+        0, 0, gap,
+    ))));
     let keys: Vec<Expr> = aggregate
         .group_expr
         .iter()

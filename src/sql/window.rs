@@ -89,6 +89,42 @@ pub(crate) fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
     }
 }
 
+impl WindowSpec {
+    /// The sizes in `unit`, the unit of the time column.
+    fn in_unit(self, unit: &TimeUnit) -> DfResult<WindowSpec> {
+        Ok(WindowSpec {
+            width: whole_units(self.width, unit, "window(): the width")?,
+            slide: whole_units(self.slide, unit, "window(): the slide")?,
+            offset: whole_units(self.offset, unit, "window(): the start offset")?,
+        })
+    }
+}
+
+/// A duration of `nanos` in `unit`, the unit of a time column. One that is not a whole number of
+/// units is refused rather than cut (a 1500-millisecond window over a column of seconds would
+/// otherwise count one second); `what` names it.
+pub(crate) fn whole_units(nanos: i64, unit: &TimeUnit, what: &str) -> DfResult<i64> {
+    let per = nanos_per(unit);
+    if nanos % per != 0 {
+        let unit = unit_name(unit);
+        return exec_err!(
+            "{what} ({nanos} nanoseconds) is not a whole number of {unit}, the unit of the time column; cast \
+             the column to a finer TIMESTAMP or give a whole number of {unit}"
+        );
+    }
+    Ok(nanos / per)
+}
+
+/// A unit of time, in words.
+fn unit_name(unit: &TimeUnit) -> &'static str {
+    match unit {
+        TimeUnit::Second => "seconds",
+        TimeUnit::Millisecond => "milliseconds",
+        TimeUnit::Microsecond => "microseconds",
+        TimeUnit::Nanosecond => "nanoseconds",
+    }
+}
+
 /// Reads and checks the constant arguments of a `window` call.
 pub(crate) fn window_spec(args: &[Option<&ScalarValue>]) -> DfResult<WindowSpec> {
     let constant = |i: usize, what: &str| match args.get(i) {
@@ -194,11 +230,7 @@ impl ScalarUDFImpl for TimeWindow {
                 times.data_type()
             );
         };
-        let per = nanos_per(unit);
-        let (width, offset) = (spec.width / per, spec.offset / per);
-        if width == 0 {
-            return exec_err!("window(): the width is shorter than one unit of the time column");
-        }
+        let WindowSpec { width, offset, .. } = spec.in_unit(unit)?;
         let raw: PrimitiveArray<Int64Type> = match unit {
             TimeUnit::Second => times.as_primitive::<TimestampSecondType>().reinterpret_cast(),
             TimeUnit::Millisecond => times.as_primitive::<TimestampMillisecondType>().reinterpret_cast(),
@@ -231,21 +263,28 @@ fn windows_at(t: i64, width: i64, slide: i64, offset: i64, unit: &TimeUnit) -> R
     let latest = t - (t - offset).rem_euclid(slide);
     // Windows start every `slide` before `latest`; the earliest one still ends after `t`.
     let earliest = latest - (width - (t - latest) - 1) / slide * slide;
-    let per = i128::from(nanos_per(unit));
-    let fits = |v: i128| {
-        v.checked_mul(per)
-            .is_some_and(|n| n > i128::from(i64::MIN) && n < i128::from(i64::MAX))
-    };
-    if !(fits(earliest) && fits(latest + width)) {
-        return Err(ArrowError::ComputeError(format!(
-            "window(): the row at {} falls in a window outside the range the engine computes in ({}); filter \
-             such rows out with WHERE, or correct them",
-            show_time(time, unit),
-            crate::time::RANGE
-        )));
+    if !(in_range(earliest, unit) && in_range(latest + width, unit)) {
+        return Err(outside_range("window()", time, unit));
     }
     // Both fit: they are within the range in nanoseconds, so in the column's unit too.
     Ok((latest as i64, earliest as i64))
+}
+
+/// Whether time `v`, in `unit`, lies strictly inside the range the engine computes in
+/// (nanoseconds in an `i64`, whose largest value operators keep for "no window").
+fn in_range(v: i128, unit: &TimeUnit) -> bool {
+    v.checked_mul(i128::from(nanos_per(unit)))
+        .is_some_and(|n| n > i128::from(i64::MIN) && n < i128::from(i64::MAX))
+}
+
+/// The error for a row at `time` (in `unit`) whose window of `function` cannot be represented.
+fn outside_range(function: &str, time: i64, unit: &TimeUnit) -> ArrowError {
+    ArrowError::ComputeError(format!(
+        "{function}: the row at {} falls in a window outside the range the engine computes in ({}); filter \
+         such rows out with WHERE, or correct them",
+        show_time(time, unit),
+        crate::time::RANGE
+    ))
 }
 
 /// `window_list(time, width, slide [, start_offset])`: every sliding window that contains `time`,
@@ -294,11 +333,7 @@ impl ScalarUDFImpl for WindowList {
         let DataType::Timestamp(unit, _) = &time_type else {
             return exec_err!("window(): the time column must be a TIMESTAMP, got {time_type}");
         };
-        let per = nanos_per(unit);
-        let (width, slide, offset) = (spec.width / per, spec.slide / per, spec.offset / per);
-        if slide == 0 {
-            return exec_err!("window(): the slide is shorter than one unit of the time column");
-        }
+        let WindowSpec { width, slide, offset } = spec.in_unit(unit)?;
         let raw = datafusion::arrow::compute::cast(&times, &DataType::Int64)?;
         let raw = raw.as_primitive::<Int64Type>();
         let (mut starts, mut lengths) = (Vec::new(), Vec::with_capacity(raw.len()));
@@ -445,10 +480,17 @@ impl ScalarUDFImpl for SessionPiece {
         let DataType::Timestamp(unit, _) = &time_type else {
             return exec_err!("session_window(): the time column must be a TIMESTAMP, got {time_type}");
         };
-        let gap = gap / nanos_per(unit);
+        let gap = whole_units(gap, unit, "session_window(): the gap")?;
         let raw = datafusion::arrow::compute::cast(&times, &DataType::Int64)?;
         let starts = raw.as_primitive::<Int64Type>().clone();
-        let ends: PrimitiveArray<Int64Type> = starts.unary(|t| t + gap);
+        // Checked: a row whose session would end past the range is refused, never wrapped.
+        let ends: PrimitiveArray<Int64Type> = starts.try_unary(|t| {
+            let end = i128::from(t) + i128::from(gap);
+            match in_range(i128::from(t), unit) && in_range(end, unit) {
+                true => Ok(t + gap),
+                false => Err(outside_range("session_window()", t, unit)),
+            }
+        })?;
         let DataType::Struct(fields) = window_type(&time_type) else {
             return exec_err!("session_window(): struct type expected");
         };

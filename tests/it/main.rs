@@ -16,6 +16,7 @@ mod frame;
 mod options;
 mod properties;
 mod query;
+mod ranges;
 mod sinks;
 mod slt;
 mod stateless;
