@@ -244,6 +244,61 @@ async fn every_good_record_is_kept_when_bad_ones_are_scattered_through_a_big_fil
 }
 
 #[tokio::test]
+async fn bad_values_in_any_column_are_found_and_only_they_are_malformed() {
+    // Bad values in each column, nested (a bad value in a later column before one in an earlier
+    // column), a value whose text names another row as arrow's messages do, and records with a
+    // field too many or too few.
+    let mut bad = std::collections::BTreeMap::new();
+    bad.insert(10, "{i},x,2024-01-01T00:00:00");
+    bad.insert(11, "{i},1.5,2024-13-01T00:00:00");
+    bad.insert(12, "y{i},1.5,2024-01-01T00:00:00");
+    bad.insert(700, "{i},1.5,not a time at line 0. Row data");
+    bad.insert(701, "{i},at line 3,2024-01-01T00:00:00");
+    bad.insert(702, "{i},1.5,2024-01-01T00:00:00,extra");
+    bad.insert(703, "{i},1.5");
+    bad.insert(4000, "{i},1.5,2024-01-01T25:00:00");
+    bad.insert(4998, "z,z,z");
+    let mut content = String::new();
+    let mut expected_sum = 0i64;
+    for i in 0..5000usize {
+        match bad.get(&i) {
+            Some(line) => content.push_str(&line.replace("{i}", &i.to_string())),
+            None => {
+                content.push_str(&format!("{i},{i}.25,2024-01-01T00:{:02}:00", i % 60));
+                expected_sum += i as i64;
+            }
+        }
+        content.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(dir.path(), "orders.csv", content.as_bytes());
+    let (session, query, ended) = run_to_end(
+        dir.path(),
+        "a INT, b DOUBLE, c TIMESTAMP, _corrupt_record VARCHAR",
+        "format = 'csv', header = 'false', mode = 'permissive'",
+        "append",
+        "SELECT a, _corrupt_record FROM c",
+    )
+    .await;
+    ended.unwrap();
+    let good = 5000 - bad.len();
+    assert_eq!(
+        query_rows(&session, "SELECT count(a), sum(a), count(_corrupt_record) FROM out").await,
+        [format!("{good}|{expected_sum}|{}", bad.len())]
+    );
+    let kept: Vec<String> = query_rows(
+        &session,
+        "SELECT _corrupt_record FROM out WHERE _corrupt_record IS NOT NULL",
+    )
+    .await;
+    let expected: Vec<String> = bad
+        .iter()
+        .map(|(i, line)| line.replace("{i}", &i.to_string()))
+        .collect();
+    assert_eq!(sorted(kept), sorted(expected));
+}
+
+#[tokio::test]
 async fn deeply_nested_json_is_a_malformed_record_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let deep = format!("{{\"n\": {}1{}}}\n", "[".repeat(100_000), "]".repeat(100_000));

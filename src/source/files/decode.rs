@@ -7,13 +7,16 @@
 //! projected columns would call every record malformed for its field count).
 //!
 //! A record is one line of a JSON file (Spark's default, `multiLine = false`) or one CSV record as
-//! the CSV reader delimits it (a quoted field may span lines). A CSV file is first decoded whole,
-//! batch by batch; from the first batch that fails on, and for JSON always, records are decoded in
-//! chunks. A chunk that decodes is kept whole; one with a bad record is cut into small pieces, and
-//! a failing piece in halves, until the bad records stand alone. A bad record thus costs a few
-//! small decodes, not one decoder per line, and good records next to it are never lost. Each bad
-//! record is kept as nulls (its raw text in `_corrupt_record`), dropped, or reported with its line,
-//! as the mode says.
+//! the CSV reader delimits it (a quoted field may span lines; without quotes, a line). A CSV file
+//! is first decoded whole, batch by batch; from the first batch that fails on, and for JSON
+//! always, records are decoded in chunks. A CSV record with the wrong number of fields is
+//! malformed at once (finding the records counted them). A chunk that decodes is kept whole; when
+//! one fails, the record the CSV decoder names (once it fails on its own too) is malformed and the
+//! records around it are decoded again; otherwise the chunk is cut into small pieces, and a
+//! failing piece in halves, until the bad records stand alone. A bad record thus costs about one
+//! more decode of its chunk, chunks shrink after a failure and grow back slowly, and good records
+//! next to a bad one are never lost. Each bad record is kept as nulls (its raw text in
+//! `_corrupt_record`), dropped, or reported with its line, as the mode says.
 //!
 //! JSON records nested deeper than [`MAX_JSON_DEPTH`] are malformed before they reach arrow, whose
 //! error message for a mistyped value is built by recursion over the value.
@@ -31,16 +34,29 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::{FileFormat, MalformedMode};
 use crate::error::{Error, Result, clip};
 
+/// Why a run of records did not decode.
+#[derive(Debug)]
+struct Failure {
+    /// In the user's terms.
+    reason: String,
+    /// Rows of the run the decoder's message names (counted from 0), to be confirmed.
+    rows: Vec<usize>,
+}
+
+/// How deep [`DecodePlan::decode_span`] trusts the rows a decoder names before it cuts records
+/// into pieces instead: one level per column in the normal case.
+const MAX_NAMED_DEPTH: usize = 64;
+
 /// Name of the optional column that receives the raw text of a malformed record.
 pub(crate) const CORRUPT_RECORD_COLUMN: &str = "_corrupt_record";
 
 /// Rows per record batch produced by the decoders.
 const BATCH_SIZE: usize = 8192;
 
-/// Records per piece when a chunk with a bad record is cut up. Each piece costs a decoder, so
-/// pieces must not be tiny; each bad record costs about twice its piece in re-decoding, so they
-/// must not be big. Measured (debug build, 200 000 CSV rows, one bad record in a thousand): the
-/// dirty file reads at 0.41x the clean one's speed, where one decoder per line ran at ~0.01x.
+/// Records per piece when a chunk with a bad record is cut up, and what a chunk grows by after
+/// each chunk that decodes: after a failure chunks restart this small, since a failed chunk is
+/// decoded in vain. `cargo bench --bench malformed_records` measures the cost (one bad line in a
+/// thousand: half of them with a field too many, half with a value that does not parse).
 const PIECE: usize = 64;
 
 /// Deepest nesting of arrays and objects in a JSON record; deeper records are malformed. The
@@ -71,11 +87,13 @@ pub(crate) struct DecodePlan {
     pub(crate) corrupt_index: Option<usize>,
 }
 
-/// One record of a line format: its bytes in the file (with the line end) and its first line.
+/// One record of a line format: its bytes in the file (with the line end), its first line, and
+/// for CSV its number of fields.
 #[derive(Debug, Clone)]
 struct Record {
     bytes: Range<usize>,
     line: u64,
+    fields: Option<usize>,
 }
 
 impl DecodePlan {
@@ -156,16 +174,35 @@ impl DecodePlan {
         }
     }
 
+    /// Decodes `records` in order. A CSV record whose number of fields is not the number of
+    /// declared columns is malformed without a decode (the CSV reader that found its bounds
+    /// counted them); the runs of records between such ones are decoded by [`Self::decode_run`].
+    fn decode_records(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>) -> Result<()> {
+        let declared = self.data.fields().len();
+        let mut rest = records;
+        while let Some(bad) = rest.iter().position(|r| r.fields.is_some_and(|n| n != declared)) {
+            self.decode_run(bytes, &rest[..bad], out)?;
+            let record = &rest[bad];
+            let reason = format!(
+                "{} fields, but the stream declares {declared} columns",
+                record.fields.unwrap_or_default()
+            );
+            out.malformed(&bytes[record.bytes.clone()], record.line, &reason)?;
+            rest = &rest[bad + 1..];
+        }
+        self.decode_run(bytes, rest, out)
+    }
+
     /// Decodes `records` chunk by chunk; chunks shrink to [`PIECE`] records after one fails and
     /// grow back while they decode.
-    fn decode_records(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>) -> Result<()> {
+    fn decode_run(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>) -> Result<()> {
         let mut size = BATCH_SIZE;
         let mut rest = records;
         while !rest.is_empty() {
             let (chunk, tail) = rest.split_at(size.min(rest.len()));
             rest = tail;
-            size = if self.decode_span(bytes, chunk, out)? {
-                size.saturating_mul(2).min(BATCH_SIZE)
+            size = if self.decode_span(bytes, chunk, out, 0)? {
+                size.saturating_add(PIECE).min(BATCH_SIZE)
             } else {
                 PIECE
             };
@@ -174,52 +211,131 @@ impl DecodePlan {
     }
 
     /// Decodes `records`, keeping every one that decodes; false when some did not.
-    fn decode_span(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>) -> Result<bool> {
-        match self.decode_chunk(bytes, records) {
-            Ok(batch) => {
-                out.push(batch)?;
-                Ok(true)
+    ///
+    /// When the decoder names the row it failed on and that record fails alone too, it is
+    /// malformed: the records before it are decoded again (`depth` deeper), and the ones after it
+    /// go on in this loop, so a bad record costs about one decode of its chunk. Otherwise the
+    /// records are cut into pieces until the bad ones stand alone.
+    fn decode_span(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>, depth: usize) -> Result<bool> {
+        let mut rest = records;
+        let mut clean = true;
+        while !rest.is_empty() {
+            let failure = match self.decode_chunk(bytes, rest, out) {
+                Ok(batch) => {
+                    out.push(batch)?;
+                    return Ok(clean);
+                }
+                Err(failure) => failure,
+            };
+            clean = false;
+            if let [record] = rest {
+                out.malformed(&bytes[record.bytes.clone()], record.line, &failure.reason)?;
+                return Ok(false);
             }
-            Err(reason) => {
-                if let [record] = records {
+            match self.confirmed_bad(bytes, rest, &failure, depth, out) {
+                Some((bad, reason)) => {
+                    self.decode_span(bytes, &rest[..bad], out, depth + 1)?;
+                    let record = &rest[bad];
                     out.malformed(&bytes[record.bytes.clone()], record.line, &reason)?;
-                } else {
-                    let piece = if records.len() > PIECE {
+                    rest = &rest[bad + 1..];
+                }
+                None => {
+                    let piece = if rest.len() > PIECE {
                         PIECE
                     } else {
-                        records.len().div_ceil(2)
+                        rest.len().div_ceil(2)
                     };
-                    for part in records.chunks(piece) {
-                        self.decode_span(bytes, part, out)?;
+                    for part in rest.chunks(piece) {
+                        self.decode_span(bytes, part, out, depth + 1)?;
                     }
+                    return Ok(false);
                 }
-                Ok(false)
             }
         }
+        Ok(clean)
+    }
+
+    /// The record among `records` that `failure` names and that fails on its own too, with why.
+    ///
+    /// # Background
+    /// The CSV decoder parses one column at a time and stops at the first value that does not
+    /// parse, naming its row. The records before it then fail, if at all, in a later column, so
+    /// trusting the name nests at most one level per column; the name is read from the message
+    /// (a value could fake one), so it is used only once the record alone fails, and only up to
+    /// a nesting of [`MAX_NAMED_DEPTH`].
+    fn confirmed_bad(
+        &self,
+        bytes: &[u8],
+        records: &[Record],
+        failure: &Failure,
+        depth: usize,
+        out: &mut Output<'_>,
+    ) -> Option<(usize, String)> {
+        if depth >= MAX_NAMED_DEPTH {
+            return None;
+        }
+        failure
+            .rows
+            .iter()
+            .filter(|row| **row < records.len())
+            .find_map(|&row| {
+                let alone = self.decode_chunk(bytes, &records[row..=row], out).err()?;
+                Some((row, alone.reason))
+            })
     }
 
     /// Decodes a run of consecutive records with one decoder; fails unless each gives one row.
-    fn decode_chunk(&self, bytes: &[u8], records: &[Record]) -> Result<RecordBatch, String> {
+    fn decode_chunk(&self, bytes: &[u8], records: &[Record], out: &mut Output<'_>) -> Result<RecordBatch, Failure> {
         let (Some(first), Some(last)) = (records.first(), records.last()) else {
             return Ok(RecordBatch::new_empty(self.data.clone()));
         };
+        let unnamed = |reason: String| Failure {
+            reason,
+            rows: Vec::new(),
+        };
         let batch = match &self.format {
-            FileFormat::Json => self.decode_json_lines(bytes, records),
+            FileFormat::Json => self.decode_json_lines(bytes, records).map_err(unnamed),
             FileFormat::Csv { delimiter, .. } => {
                 let span = &bytes[first.bytes.start..last.bytes.end];
-                let mut decoder = self.csv_decoder(records.len(), false, *delimiter);
-                decode_all(&mut decoder, span)
-                    .map(|batch| batch.unwrap_or_else(|| RecordBatch::new_empty(self.data.clone())))
-                    .map_err(|e| self.csv_reason(span, e))
+                // A decoder that gave whole records so far takes the next ones; arrow numbers its
+                // rows from its first, so names in its messages count from `before`.
+                // One record alone (a suspect being confirmed) gets a decoder of its own, sized
+                // for it: a decoder's buffers are allocated for its batch size up front.
+                let alone = records.len() == 1;
+                let (mut decoder, before) = match out.csv_decoder.take() {
+                    Some(kept) if !alone => kept,
+                    kept => {
+                        out.csv_decoder = kept;
+                        let size = if alone { 1 } else { BATCH_SIZE };
+                        (self.csv_decoder(size, false, *delimiter), 0)
+                    }
+                };
+                let ends_line = span.ends_with(b"\n");
+                match decode_all(&mut decoder, span, !ends_line) {
+                    Ok(batch) => {
+                        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.data.clone()));
+                        if ends_line && !alone && batch.num_rows() == records.len() {
+                            out.csv_decoder = Some((decoder, before + batch.num_rows()));
+                        }
+                        Ok(batch)
+                    }
+                    Err(e) => Err(Failure {
+                        rows: named_rows(&e.to_string())
+                            .into_iter()
+                            .filter_map(|row| row.checked_sub(before))
+                            .collect(),
+                        reason: self.csv_reason(span, e),
+                    }),
+                }
             }
-            FileFormat::Parquet | FileFormat::Text => Err("not a line format".to_string()),
+            FileFormat::Parquet | FileFormat::Text => Err(unnamed("not a line format".to_string())),
         }?;
         if batch.num_rows() != records.len() {
-            return Err(format!(
+            return Err(unnamed(format!(
                 "{} rows decoded from {} records",
                 batch.num_rows(),
                 records.len()
-            ));
+            )));
         }
         Ok(batch)
     }
@@ -264,6 +380,10 @@ impl DecodePlan {
         let FileFormat::Csv { delimiter, .. } = self.format else {
             return error.to_string();
         };
+        // Only a count of fields gets other words (a CSV reader costs a state machine to build).
+        if !error.to_string().contains("number of fields") {
+            return drop_line_number(&error.to_string());
+        }
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -372,6 +492,10 @@ struct Output<'a> {
     file: &'a str,
     coalescer: BatchCoalescer,
     decoded: Decoded,
+    /// The CSV decoder of the file's records, with the rows it gave, while every chunk it was
+    /// given decoded: building one costs more than decoding a small chunk (its reader builds a
+    /// state machine), and a chunk that fails leaves it unusable.
+    csv_decoder: Option<(datafusion::arrow::csv::reader::Decoder, usize)>,
 }
 
 impl<'a> Output<'a> {
@@ -384,6 +508,7 @@ impl<'a> Output<'a> {
             file,
             coalescer,
             decoded: Decoded::default(),
+            csv_decoder: None,
         }
     }
 
@@ -436,9 +561,12 @@ impl<'a> Output<'a> {
 }
 
 /// Feeds `input` to a CSV decoder to its end and takes every row.
+/// Decodes `input` whole; with `at_end`, it is the end of the input too (its last record may
+/// lack a line end), and the decoder is not to take more.
 fn decode_all(
     decoder: &mut datafusion::arrow::csv::reader::Decoder,
     input: &[u8],
+    at_end: bool,
 ) -> Result<Option<RecordBatch>, ArrowError> {
     let mut rest = input;
     while !rest.is_empty() {
@@ -448,7 +576,9 @@ fn decode_all(
         }
         rest = &rest[consumed..];
     }
-    decoder.decode(&[])?;
+    if at_end {
+        decoder.decode(&[])?;
+    }
     decoder.flush()
 }
 
@@ -495,6 +625,7 @@ fn json_records(bytes: &[u8]) -> Vec<Record> {
             records.push(Record {
                 bytes: start..end,
                 line,
+                fields: None,
             });
         }
         start = end;
@@ -507,34 +638,67 @@ fn json_records(bytes: &[u8]) -> Vec<Record> {
 /// delimits them: a quoted field may hold line ends. Each record's bytes run to the next one's
 /// start, so blank lines between records go with the record before.
 fn csv_records(bytes: &[u8], start: usize, skip_header: bool, delimiter: u8) -> Vec<Record> {
-    let first_line = 1 + bytes[..start].iter().filter(|b| **b == b'\n').count() as u64;
+    let first_line = 1 + memchr::memchr_iter(b'\n', &bytes[..start]).count() as u64;
+    if memchr::memchr(b'"', &bytes[start..]).is_none() {
+        return unquoted_csv_records(bytes, start, first_line, skip_header, delimiter);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .delimiter(delimiter)
         .from_reader(&bytes[start..]);
     let mut record = csv::ByteRecord::new();
-    let mut starts: Vec<(usize, u64)> = Vec::new();
+    let mut starts: Vec<(usize, u64, usize)> = Vec::new();
     // Reading bytes from memory cannot fail: the reader checks no encoding for byte records.
     while let Ok(true) = reader.read_byte_record(&mut record) {
         let Some(position) = record.position() else { break };
         let offset = usize::try_from(position.byte())
             .unwrap_or(usize::MAX)
             .saturating_add(start);
-        starts.push((offset.min(bytes.len()), first_line + position.line() - 1));
+        starts.push((offset.min(bytes.len()), first_line + position.line() - 1, record.len()));
     }
     if skip_header && !starts.is_empty() {
         starts.remove(0);
     }
-    let ends = starts.iter().skip(1).map(|(offset, _)| *offset).chain([bytes.len()]);
+    let ends = starts.iter().skip(1).map(|(offset, ..)| *offset).chain([bytes.len()]);
     starts
         .iter()
         .zip(ends)
-        .map(|((begin, line), end)| Record {
+        .map(|((begin, line, fields), end)| Record {
             bytes: *begin..end,
             line: *line,
+            fields: Some(*fields),
         })
         .collect()
+}
+
+/// [`csv_records`] for CSV bytes without a quote character, where every line is a record: found
+/// with `memchr` at memory speed, where the CSV reader takes about half as long as decoding them.
+/// Blank lines go with the record before, as the CSV reader skips them.
+fn unquoted_csv_records(bytes: &[u8], start: usize, first_line: u64, skip_header: bool, delimiter: u8) -> Vec<Record> {
+    let mut records: Vec<Record> = Vec::new();
+    let (mut begin, mut line) = (start, first_line);
+    while begin < bytes.len() {
+        let end = memchr::memchr(b'\n', &bytes[begin..]).map_or(bytes.len(), |i| begin + i + 1);
+        let text = &bytes[begin..end];
+        let text = text.strip_suffix(b"\n").unwrap_or(text);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
+        match records.last_mut() {
+            Some(previous) if text.is_empty() => previous.bytes.end = end,
+            _ if text.is_empty() => {}
+            _ => records.push(Record {
+                bytes: begin..end,
+                line,
+                fields: Some(1 + memchr::memchr_iter(delimiter, text).count()),
+            }),
+        }
+        begin = end;
+        line += 1;
+    }
+    if skip_header && !records.is_empty() {
+        records.remove(0);
+    }
+    records
 }
 
 /// True when arrays and objects in `line` nest deeper than `limit` (brackets inside strings do
@@ -574,6 +738,20 @@ fn trim_line_end(raw: &[u8]) -> &[u8] {
 
 /// Arrow's CSV messages without their "at line N", which counts from the start of the chunk it
 /// was given rather than of the file (the error names the file's line itself).
+/// Every row number a CSV decoder's message names as `at line <n>` (rows of what it was given,
+/// from 0, as arrow counts them without a header).
+fn named_rows(message: &str) -> Vec<usize> {
+    const AT_LINE: &str = " at line ";
+    message
+        .match_indices(AT_LINE)
+        .filter_map(|(at, _)| {
+            let rest = &message[at + AT_LINE.len()..];
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest[..digits].parse().ok()
+        })
+        .collect()
+}
+
 fn drop_line_number(message: &str) -> String {
     const AT_LINE: &str = " at line ";
     let Some(at) = message.find(AT_LINE) else {
