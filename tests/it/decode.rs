@@ -272,7 +272,7 @@ async fn bad_values_in_any_column_are_found_and_only_they_are_malformed() {
     }
     let dir = tempfile::tempdir().unwrap();
     drop_file(dir.path(), "orders.csv", content.as_bytes());
-    let (session, query, ended) = run_to_end(
+    let (session, _query, ended) = run_to_end(
         dir.path(),
         "a INT, b DOUBLE, c TIMESTAMP, _corrupt_record VARCHAR",
         "format = 'csv', header = 'false', mode = 'permissive'",
