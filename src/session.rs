@@ -461,7 +461,12 @@ impl StreamingSession {
                 refuse_writing_into_sources(path, &incremental)?;
                 crate::sink::FileSink::try_new(path, *format, partition_by, &incremental.schema(), options.output_mode)?
             }),
-            SinkKind::Database { url, table, key } => Arc::new(
+            SinkKind::Database {
+                url,
+                table,
+                key,
+                limits,
+            } => Arc::new(
                 crate::sink::database::DatabaseSink::connect(crate::sink::database::DatabaseSinkConfig {
                     url: url.clone(),
                     table: table.clone(),
@@ -470,6 +475,7 @@ impl StreamingSession {
                     schema: incremental.schema(),
                     output_mode: options.output_mode,
                     query_id: query_id.clone(),
+                    limits: *limits,
                 })
                 .await?,
             ),
