@@ -460,3 +460,79 @@ async fn a_files_sink_writing_where_its_source_reads_is_refused_at_start() {
         assert_eq!(error.kind(), tidewater::ErrorKind::User);
     }
 }
+
+/// The error of starting `INSERT INTO out SELECT n FROM events` with a files stream over
+/// `source` and a files sink into `sink`, or `None` when the query starts.
+async fn start_error(source: &str, sink: &str, checkpoint: &Path) -> Option<tidewater::Error> {
+    let session = tidewater::StreamingSession::new();
+    let result = session
+        .run_script(&format!(
+            "CREATE TABLE events (n INT) WITH (connector = 'files', path = '{source}', format = 'json');
+             CREATE TABLE out WITH (connector = 'files', path = '{sink}', format = 'json', checkpoint_location = '{}');
+             INSERT INTO out SELECT n FROM events",
+            checkpoint.display()
+        ))
+        .await;
+    match result {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                if let tidewater::StatementOutcome::Started(query) = outcome {
+                    query.stop().await.unwrap();
+                }
+            }
+            None
+        }
+        Err(e) => Some(e),
+    }
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_source_directory_is_refused_as_the_sink_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let (root, input_text) = (dir.path().display().to_string(), input.display().to_string());
+    let file_url = |path: &Path| url::Url::from_file_path(path).unwrap().to_string();
+    let refused = [
+        // (source, sink)
+        (input_text.clone(), format!("{root}/in/../in")),
+        (input_text.clone(), format!("{root}/./in/out")),
+        (input_text.clone(), format!("{root}/missing/../in/out")),
+        (input_text.clone(), link.display().to_string()),
+        (input_text.clone(), format!("{}/out", link.display())),
+        (link.display().to_string(), root.clone()),
+        (input_text.clone(), file_url(&input)),
+        (input_text.clone(), file_url(&input.join("sub/out"))),
+        (file_url(&input), input_text.clone()),
+        (file_url(&input), format!("{root}/in/../in/out")),
+        ("memory:///data/in".to_string(), "memory:///data/in".to_string()),
+        ("memory:///data/in".to_string(), "memory:///data/in/out/".to_string()),
+        (
+            "memory:///data/in".to_string(),
+            "memory:///data/x/../in/out".to_string(),
+        ),
+        ("memory:///data/in/".to_string(), "memory:///data".to_string()),
+    ];
+    for (source, sink) in refused {
+        let error = start_error(&source, &sink, &checkpoint).await;
+        let message = error.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            message.contains("would come back as input"),
+            "source {source}, sink {sink}: {message}"
+        );
+        assert_eq!(error.unwrap().kind(), tidewater::ErrorKind::User);
+    }
+    // Neighbours are fine: a sibling whose name starts the same, another store path.
+    let allowed = [
+        (input_text.clone(), format!("{root}/input")),
+        (input_text.clone(), format!("{root}/in/../out")),
+        ("memory:///data/in".to_string(), "memory:///data/in2".to_string()),
+    ];
+    for (source, sink) in allowed {
+        let error = start_error(&source, &sink, &checkpoint).await;
+        assert!(error.is_none(), "source {source}, sink {sink}: {error:?}");
+    }
+}
