@@ -46,7 +46,10 @@ const SINK_CONNECTORS: &[Connector] = &[
     ("console", &["num_rows", "truncate"]),
     ("memory", &[]),
     ("files", &["path", "format", "partition_by"]),
-    ("database", &["url", "table", "key"]),
+    (
+        "database",
+        &["url", "table", "key", "connect_timeout", "statement_timeout"],
+    ),
 ];
 
 /// File formats the files sink writes; each also works as a sink connector name, so that
@@ -325,6 +328,8 @@ pub(crate) enum SinkKind {
         table: String,
         /// The `key` option: the columns that identify a row (upsert key, primary key).
         key: Option<Vec<String>>,
+        /// How long connecting and each statement step may take.
+        limits: crate::sink::database::Limits,
     },
     Memory,
     /// Parquet, CSV or JSON files in a directory, committed through a manifest log.
@@ -390,7 +395,26 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
                 .get("key")
                 .map(|k| crate::sink::database::parse_key(k).map_err(|m| options.error(format!("option 'key': {m}"))))
                 .transpose()?;
-            SinkKind::Database { url, table, key }
+            let mut limits = crate::sink::database::Limits::default();
+            for (option, limit) in [
+                ("connect_timeout", &mut limits.connect),
+                ("statement_timeout", &mut limits.statement),
+            ] {
+                if let Some(text) = options.get(option) {
+                    *limit = parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                        options.error(format!(
+                            "option '{option}' must be a positive duration such as '10 seconds' or '5 minutes' \
+                                 (got '{text}')"
+                        ))
+                    })?;
+                }
+            }
+            SinkKind::Database {
+                url,
+                table,
+                key,
+                limits,
+            }
         }
         "files" => {
             let partition_by = options

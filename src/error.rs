@@ -122,6 +122,25 @@ pub enum Error {
         user: bool,
     },
 
+    /// A database sink's network step got no answer within its limit: a server that accepts
+    /// connections but never answers, or a network that dropped the connection silently.
+    #[error(
+        "{database}, table '{table}': {step} timed out after {limit:?}: the server did not answer in time \
+         (raise option '{option}' if it is only slow)"
+    )]
+    DatabaseTimeout {
+        /// Which database, e.g. `PostgreSQL postgres://app@db:5432/analytics` (never a password).
+        database: String,
+        /// The sink's table.
+        table: String,
+        /// The step that timed out, e.g. `connecting` or `writing batch 3`.
+        step: String,
+        /// The limit it ran into.
+        limit: std::time::Duration,
+        /// The option that sets the limit: `connect_timeout` or `statement_timeout`.
+        option: &'static str,
+    },
+
     /// An event time or window bound outside what the engine computes in: nanoseconds since the
     /// epoch in an `i64`, 1677-09-21 to 2262-04-11. Such a value is refused, never wrapped.
     #[error("{}", clip(.0))]
@@ -171,7 +190,7 @@ impl Error {
             },
             Error::ObjectStore { .. } | Error::Io { .. } | Error::Checkpoint { .. } => ErrorKind::External,
             Error::Database { user: true, .. } => ErrorKind::User,
-            Error::Database { user: false, .. } => ErrorKind::External,
+            Error::Database { user: false, .. } | Error::DatabaseTimeout { .. } => ErrorKind::External,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }

@@ -50,8 +50,15 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { file, progress } => runtime.block_on(run(file, progress)),
     };
+    // Work still running (a computation between two yields, a blocking write) is abandoned after
+    // a moment rather than waited for: after Ctrl-C, or after an error, the user wants the prompt.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Interrupted>() => {
+            eprintln!("{e}");
+            ExitCode::from(INTERRUPTED_EXIT_CODE)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -59,11 +66,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the runtime's remaining tasks get to end once `run` has returned.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The exit code of a run ended by Ctrl-C before it finished: 128 + SIGINT, as shells report it.
+const INTERRUPTED_EXIT_CODE: u8 = 130;
+
+/// Ctrl-C ended the run before its statements finished (they were cancelled), or a second Ctrl-C
+/// abandoned queries that were stopping.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Interrupted(&'static str);
+
 async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     let sql = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
     // Listen for Ctrl-C before any query starts, so an early interrupt also stops gracefully.
-    let interrupted = interrupt_listener()?;
-    tokio::pin!(interrupted);
+    let mut interrupts = Interrupts::listen()?;
     let session = StreamingSession::new();
     // Ctrl-C while statements run (a long static SELECT) drops them, which cancels their work.
     let statements = async {
@@ -83,7 +101,9 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
     };
     let queries = tokio::select! {
         queries = statements => queries?,
-        _ = &mut interrupted => anyhow::bail!("interrupted"),
+        () = interrupts.next() => {
+            return Err(Interrupted("interrupted: the running statement was cancelled").into());
+        }
     };
     let printers: Vec<_> = if progress {
         queries
@@ -100,10 +120,22 @@ async fn run(file: PathBuf, progress: bool) -> anyhow::Result<()> {
                 result.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
             }
         }
-        _ = interrupted => {
-            eprintln!("stopping {} queries after their current batch", queries.len());
-            for query in &queries {
-                query.stop().await.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
+        () = interrupts.next() => {
+            eprintln!(
+                "stopping {} queries after their current batch (Ctrl-C again to quit at once)",
+                queries.len()
+            );
+            let stop_all = async {
+                for query in &queries {
+                    query.stop().await.with_context(|| format!("query '{}'", query.name().unwrap_or(query.id())))?;
+                }
+                anyhow::Ok(())
+            };
+            tokio::select! {
+                stopped = stop_all => stopped?,
+                () = interrupts.next() => {
+                    return Err(Interrupted("interrupted again: quit without waiting for the current batches").into());
+                }
             }
         }
     }
@@ -124,21 +156,30 @@ fn print_table(batches: &[tidewater::arrow::array::RecordBatch]) -> anyhow::Resu
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT). The handler is installed by this call, not when first awaited.
-#[cfg(unix)]
-fn interrupt_listener() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot listen for Ctrl-C")?;
-    Ok(async move {
-        signals.recv().await;
-    })
+/// Ctrl-C (SIGINT), each press once. Listening starts when this is made, not when first awaited.
+struct Interrupts {
+    #[cfg(unix)]
+    signals: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-fn interrupt_listener() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    Ok(async {
+impl Interrupts {
+    fn listen() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        let signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot listen for Ctrl-C")?;
+        Ok(Interrupts {
+            #[cfg(unix)]
+            signals,
+        })
+    }
+
+    /// Resolves on the next Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        self.signals.recv().await;
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    })
+    }
 }
 
 /// Prints one line per batch of `query` to standard error until it ends.

@@ -461,7 +461,12 @@ impl StreamingSession {
                 refuse_writing_into_sources(path, &incremental)?;
                 crate::sink::FileSink::try_new(path, *format, partition_by, &incremental.schema(), options.output_mode)?
             }),
-            SinkKind::Database { url, table, key } => Arc::new(
+            SinkKind::Database {
+                url,
+                table,
+                key,
+                limits,
+            } => Arc::new(
                 crate::sink::database::DatabaseSink::connect(crate::sink::database::DatabaseSinkConfig {
                     url: url.clone(),
                     table: table.clone(),
@@ -470,6 +475,7 @@ impl StreamingSession {
                     schema: incremental.schema(),
                     output_mode: options.output_mode,
                     query_id: query_id.clone(),
+                    limits: *limits,
                 })
                 .await?,
             ),
@@ -556,16 +562,16 @@ fn check_state_partitions(partitions: usize, what: &str) -> Result<()> {
 }
 
 /// Refuses a files sink writing where one of the query's sources reads (or inside it, or around
-/// it): each batch's output would be read back as new input, forever. Local directories only;
-/// object store URLs are not compared.
+/// it): each batch's output would be read back as new input, forever. The directories are
+/// compared as places, not as text: `.` and `..`, symbolic links, `file://` URLs and local paths,
+/// and object store URLs (same store, one path inside the other) all count.
 fn refuse_writing_into_sources(sink_path: &str, plan: &IncrementalPlan) -> Result<()> {
-    let Some(sink_dir) = crate::storage::resolve(sink_path)?.local else {
-        return Ok(());
-    };
+    let sink_place = crate::storage::Place::of(sink_path)?;
     for source in plan.sources() {
-        if let Some(source_dir) = source.directory()
-            && (sink_dir.starts_with(&source_dir) || source_dir.starts_with(&sink_dir))
-        {
+        let Some(source_dir) = source.directory() else {
+            continue;
+        };
+        if crate::storage::Place::of(&source_dir)?.overlaps(&sink_place) {
             return Err(Error::plan(format!(
                 "the files sink writes into '{sink_path}', where the query's source {} reads: its output \
                  would come back as input forever; write somewhere else",

@@ -107,6 +107,8 @@ pub(crate) fn resolve_in(location: &str, runtime: Option<&RuntimeEnv>) -> Result
                 context: format!("resolving path '{location}'"),
                 error: e,
             })?;
+            // Object store paths have no `..`: resolve it (and symbolic links before it) here.
+            let absolute = canonical_local(&absolute);
             let path = Path::from_absolute_path(&absolute).map_err(|e| Error::ObjectStore {
                 context: format!("path '{location}'"),
                 error: e.into(),
@@ -120,6 +122,98 @@ pub(crate) fn resolve_in(location: &str, runtime: Option<&RuntimeEnv>) -> Result
             })
         }
     }
+}
+
+/// A directory as a place, so that two spellings of one directory compare equal: a local path
+/// made absolute, its existing part canonicalized (symbolic links and `..` resolved) and the rest
+/// normalized (`file://` URLs are local paths); or an object store URL's store (scheme and
+/// authority) and its path segments, `.` and `..` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Place {
+    Local(PathBuf),
+    Store {
+        /// `scheme://authority`, lower-cased.
+        store: String,
+        /// The path's segments, percent-decoded.
+        segments: Vec<String>,
+    },
+}
+
+impl Place {
+    /// The place `location` (a local path or a URL, as [`resolve`] takes them) names.
+    ///
+    /// # Errors
+    /// A local path that cannot be made absolute.
+    pub(crate) fn of(location: &str) -> Result<Place> {
+        match url::Url::parse(location) {
+            Ok(url) if url.scheme().len() > 1 => match url.scheme() {
+                "file" => match url.to_file_path() {
+                    Ok(path) => Ok(Place::Local(canonical_local(&path))),
+                    Err(()) => Ok(Place::store_of(&url)),
+                },
+                _ => Ok(Place::store_of(&url)),
+            },
+            _ => {
+                let absolute = std::path::absolute(location).map_err(|e| Error::Io {
+                    context: format!("resolving path '{location}'"),
+                    error: e,
+                })?;
+                Ok(Place::Local(canonical_local(&absolute)))
+            }
+        }
+    }
+
+    fn store_of(url: &url::Url) -> Place {
+        let mut segments: Vec<String> = Vec::new();
+        for segment in url.path().split('/') {
+            match percent_decode(segment).as_str() {
+                "" | "." => {}
+                ".." => {
+                    segments.pop();
+                }
+                other => segments.push(other.to_string()),
+            }
+        }
+        Place::Store {
+            store: url[..url::Position::BeforePath].to_lowercase(),
+            segments,
+        }
+    }
+
+    /// Whether one place is the other or inside it.
+    pub(crate) fn overlaps(&self, other: &Place) -> bool {
+        match (self, other) {
+            (Place::Local(a), Place::Local(b)) => a.starts_with(b) || b.starts_with(a),
+            (Place::Store { store: a, segments: sa }, Place::Store { store: b, segments: sb }) => {
+                a == b && (sa.starts_with(sb) || sb.starts_with(sa))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `path` (absolute) with its longest existing ancestor canonicalized and the components after it
+/// normalized lexically: those do not exist, so none of them is a symbolic link.
+fn canonical_local(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let components: Vec<Component<'_>> = path.components().collect();
+    for split in (1..=components.len()).rev() {
+        let head: PathBuf = components[..split].iter().collect();
+        let Ok(mut resolved) = head.canonicalize() else {
+            continue;
+        };
+        for component in &components[split..] {
+            match component {
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::Normal(name) => resolved.push(name),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        return resolved;
+    }
+    path.to_path_buf()
 }
 
 /// How a committed batch changes what readers see.

@@ -110,8 +110,9 @@ pub trait Source: Send + Sync + Debug {
     /// returns a fresh instance over the same input; others are shared as they are.
     fn for_query(self: Arc<Self>) -> Result<Arc<dyn Source>>;
 
-    /// The local directory the source reads, if it reads one: a query may not write there.
-    fn directory(&self) -> Option<std::path::PathBuf> {
+    /// The directory the source reads, if it reads one, as given (a local path or an object store
+    /// URL): a query may not write there.
+    fn directory(&self) -> Option<String> {
         None
     }
 

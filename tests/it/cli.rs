@@ -169,3 +169,72 @@ fn a_static_query_printed_into_a_closed_pipe_ends_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.status.success(), "{stderr}");
 }
+
+/// Starts `tidewater run` on `sql`, lets it work for a moment, sends it SIGINT, and returns its
+/// exit status, standard error, and how long it took to exit after the signal.
+#[cfg(target_os = "linux")]
+fn interrupt_after_start(sql: &str) -> (std::process::ExitStatus, String, std::time::Duration) {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_sql(dir.path(), sql);
+    let mut child = tidewater()
+        .arg("run")
+        .arg(&script)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough to be inside the statement (the binary starts in milliseconds).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the statement ended before the signal"
+    );
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: `kill` only sends a signal to the process we started and still own.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            panic!("the process did not exit after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr, took)
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn ctrl_c_cancels_a_long_static_query_at_once() {
+    let (status, stderr, took) = interrupt_after_start("SELECT count(*) FROM generate_series(1, 10000000000);");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "exited {took:?} after SIGINT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg(target_os = "linux")]
+async fn ctrl_c_ends_a_start_that_waits_on_a_silent_database() {
+    let server = crate::database_timeouts::SilentServer::start().await;
+    let sql = format!(
+        "CREATE TABLE words (word VARCHAR) WITH (connector = 'memory');
+         CREATE TABLE out WITH (connector = 'database', url = 'postgres://postgres@127.0.0.1:{}/test',
+           table = 'out', connect_timeout = '10 minutes', checkpoint_location = 'memory:///cp');
+         INSERT INTO out SELECT word FROM words;",
+        server.port
+    );
+    let (status, stderr, took) = tokio::task::spawn_blocking(move || interrupt_after_start(&sql))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "exited {took:?} after SIGINT");
+}

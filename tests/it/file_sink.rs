@@ -460,3 +460,153 @@ async fn a_files_sink_writing_where_its_source_reads_is_refused_at_start() {
         assert_eq!(error.kind(), tidewater::ErrorKind::User);
     }
 }
+
+/// The error of starting `INSERT INTO out SELECT n FROM events` with a files stream over
+/// `source` and a files sink into `sink`, or `None` when the query starts.
+async fn start_error(source: &str, sink: &str, checkpoint: &Path) -> Option<tidewater::Error> {
+    let session = tidewater::StreamingSession::new();
+    let result = session
+        .run_script(&format!(
+            "CREATE TABLE events (n INT) WITH (connector = 'files', path = '{source}', format = 'json');
+             CREATE TABLE out WITH (connector = 'files', path = '{sink}', format = 'json', checkpoint_location = '{}');
+             INSERT INTO out SELECT n FROM events",
+            checkpoint.display()
+        ))
+        .await;
+    match result {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                if let tidewater::StatementOutcome::Started(query) = outcome {
+                    query.stop().await.unwrap();
+                }
+            }
+            None
+        }
+        Err(e) => Some(e),
+    }
+}
+
+#[tokio::test]
+async fn every_spelling_of_the_source_directory_is_refused_as_the_sink_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    let checkpoint = dir.path().join("checkpoint");
+    let (root, input_text) = (dir.path().display().to_string(), input.display().to_string());
+    let file_url = |path: &Path| url::Url::from_file_path(path).unwrap().to_string();
+    let refused = [
+        // (source, sink)
+        (input_text.clone(), format!("{root}/in/../in")),
+        (input_text.clone(), format!("{root}/./in/out")),
+        (input_text.clone(), format!("{root}/missing/../in/out")),
+        (input_text.clone(), link.display().to_string()),
+        (input_text.clone(), format!("{}/out", link.display())),
+        (link.display().to_string(), root.clone()),
+        (input_text.clone(), file_url(&input)),
+        (input_text.clone(), file_url(&input.join("sub/out"))),
+        (file_url(&input), input_text.clone()),
+        (file_url(&input), format!("{root}/in/../in/out")),
+        ("memory:///data/in".to_string(), "memory:///data/in".to_string()),
+        ("memory:///data/in".to_string(), "memory:///data/in/out/".to_string()),
+        (
+            "memory:///data/in".to_string(),
+            "memory:///data/x/../in/out".to_string(),
+        ),
+        ("memory:///data/in/".to_string(), "memory:///data".to_string()),
+    ];
+    for (source, sink) in refused {
+        let error = start_error(&source, &sink, &checkpoint).await;
+        let message = error.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            message.contains("would come back as input"),
+            "source {source}, sink {sink}: {message}"
+        );
+        assert_eq!(error.unwrap().kind(), tidewater::ErrorKind::User);
+    }
+    // Neighbours are fine: a sibling whose name starts the same, another store path.
+    let allowed = [
+        (input_text.clone(), format!("{root}/input")),
+        (input_text.clone(), format!("{root}/in/../out")),
+        ("memory:///data/in".to_string(), "memory:///data/in2".to_string()),
+    ];
+    for (source, sink) in allowed {
+        let error = start_error(&source, &sink, &checkpoint).await;
+        assert!(error.is_none(), "source {source}, sink {sink}: {error:?}");
+    }
+}
+
+#[test]
+fn a_restart_deletes_only_the_sink_s_own_leftovers() {
+    let (input, output) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    drop_file(input.path(), "1.json", b"{\"n\": 1, \"action\": \"open\"}\n");
+    let checkpoint = tempfile::tempdir().unwrap();
+    let script = checkpoint.path().join("copy.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE TABLE input (n INT, action VARCHAR) WITH (connector = 'files', format = 'json', path = '{}');
+             CREATE TABLE out WITH (connector = 'files', format = 'csv', path = '{}', partition_by = 'action',
+               checkpoint_location = '{}', trigger = 'available_now');
+             INSERT INTO out SELECT * FROM input;",
+            input.path().display(),
+            output.path().display(),
+            checkpoint.path().join("cp").display()
+        ),
+    )
+    .unwrap();
+    // Through the command line, whose log (warnings, on standard error) users see.
+    let copy = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
+            .arg("run")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    copy();
+    let committed = data_files(output.path());
+    assert_eq!(shapes(output.path()), ["action=open/part-00000-*.csv"]);
+
+    // What the user or other tools put there, next to the sink's files; and a crashed batch's file.
+    let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+    let theirs = [
+        "notes.txt".to_string(),
+        "part-x.csv".to_string(),
+        "action=open/part-x.csv".to_string(),
+        "action=open/notes.txt".to_string(),
+        format!("part-00001-{uuid}.csv"),
+        format!("action=open/part-00001-{uuid}.parquet"),
+        format!("other/part-00001-{uuid}.csv"),
+        format!("day=1/part-00001-{uuid}.csv"),
+        format!("action=open/deeper/part-00001-{uuid}.csv"),
+    ];
+    for file in &theirs {
+        let path = output.path().join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"mine\n").unwrap();
+    }
+    let crashed = format!("action=close/part-00001-{uuid}.csv");
+    std::fs::create_dir_all(output.path().join("action=close")).unwrap();
+    std::fs::write(output.path().join(&crashed), b"n\n2\n").unwrap();
+
+    // A restart (no new input: the same checkpoint, nothing to write) opens the sink only when it
+    // writes, so give it one more file.
+    drop_file(input.path(), "2.json", b"{\"n\": 2, \"action\": \"open\"}\n");
+    let log = copy();
+    assert!(
+        log.contains("WARN") && log.contains(&crashed) && !log.contains("notes.txt"),
+        "{log}"
+    );
+    let files = data_files(output.path());
+    for file in &theirs {
+        assert!(files.contains(file), "{file} was deleted: {files:?}");
+        assert_eq!(std::fs::read(output.path().join(file)).unwrap(), b"mine\n");
+    }
+    assert!(!files.contains(&crashed), "the crashed batch's file is left: {files:?}");
+    assert!(committed.iter().all(|f| files.contains(f)));
+    assert_eq!(files.len(), theirs.len() + 2, "{files:?}");
+}

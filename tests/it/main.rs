@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod crash;
 mod database;
+mod database_timeouts;
 mod decode;
 mod file_sink;
 mod files;

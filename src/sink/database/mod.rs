@@ -18,12 +18,15 @@
 //! mapping), and an existing one is checked against the query's output then, so a wrong table
 //! fails the query before any batch. Failures that pass (a killed connection, a deadlock) are
 //! retried ([`retry`]); the transaction was rolled back, so the retry writes the whole batch again.
+//! Every step that waits on the network runs under a time limit ([`limits`]), so a server that
+//! stops answering fails the query, naming the step, instead of hanging it.
 //!
 //! The query id comes from the query (and from its checkpoint, once it has one): a restarted
 //! query with the same checkpoint continues the same commit marks.
 
 mod backend;
 mod dialect;
+mod limits;
 mod pool;
 mod retry;
 mod values;
@@ -40,6 +43,7 @@ use futures::TryStreamExt;
 
 use self::backend::{InsertStatement, TableInfo};
 use self::dialect::{COMMITS_TABLE, CommitStatements, Dialect, Kind};
+pub(crate) use self::limits::Limits;
 use self::pool::{Job, Pools, Written, open_pool};
 use self::retry::{RetryPolicy, is_transient, with_retries};
 use self::values::{Values, convert, flatten_batch, flatten_schema};
@@ -64,6 +68,9 @@ pub(crate) struct DatabaseSinkConfig {
     pub(crate) output_mode: OutputMode,
     /// The query's id, under which batches are recorded in `tidewater_commits`.
     pub(crate) query_id: String,
+    /// How long connecting and each statement step may take (`connect_timeout`,
+    /// `statement_timeout`).
+    pub(crate) limits: Limits,
 }
 
 /// Writes a streaming query's output into a database table, one transaction per batch.
@@ -88,6 +95,7 @@ pub(crate) struct DatabaseSink {
     /// The most bytes of values one insert statement carries.
     statement_budget: usize,
     retry: RetryPolicy,
+    limits: Limits,
 }
 
 /// Whether `url` names a database the sink writes to (by its scheme).
@@ -216,13 +224,17 @@ impl DatabaseSink {
             .collect();
 
         let retry = RetryPolicy::default();
-        let pool = open_pool(dialect, &config.url, &table).map_err(|e| {
+        let limits = config.limits;
+        let pool = open_pool(dialect, &config.url, &table, limits).map_err(|e| {
             Error::option(
                 format!("database sink '{table}'"),
                 format!("option 'url' = '{}': {e}", redact(&config.url)),
             )
         })?;
-        with_retries(retry, &database, &table, "connecting", || pool.probe()).await?;
+        with_retries(retry, limits.connecting(), &database, &table, "connecting", || {
+            pool.probe()
+        })
+        .await?;
         let sink = DatabaseSink {
             insert: insert_statement(dialect, &table, &columns, None),
             upsert: key_names
@@ -239,6 +251,7 @@ impl DatabaseSink {
             key,
             statement_budget: 0,
             retry,
+            limits,
         };
         sink.prepare(config.output_mode, key_names.as_deref()).await
     }
@@ -258,16 +271,21 @@ impl DatabaseSink {
         }
         self.check_table(&info, mode, key)?;
         let create_commits = self.dialect.create_commits_table();
-        if let Err(e) = self
+        match self
             .retrying("creating the commits table", |p| p.execute(&create_commits))
             .await
         {
-            // Two queries starting at once may both try to create it; one wins.
-            let commits = self
-                .retrying("reading the commits table", |p| p.table_info(COMMITS_TABLE))
-                .await?;
-            if commits.columns.is_empty() {
-                return Err(e);
+            Ok(_) => {}
+            // A silent server would only be waited on once more.
+            Err(e @ Error::DatabaseTimeout { .. }) => return Err(e),
+            Err(e) => {
+                // Two queries starting at once may both try to create it; one wins.
+                let commits = self
+                    .retrying("reading the commits table", |p| p.table_info(COMMITS_TABLE))
+                    .await?;
+                if commits.columns.is_empty() {
+                    return Err(e);
+                }
             }
         }
         self.statement_budget = self
@@ -347,13 +365,21 @@ impl DatabaseSink {
         })
     }
 
-    /// Runs `op` on the pool, retrying failures that pass.
+    /// Runs `op` on the pool within the statement limit, retrying failures that pass.
     async fn retrying<'a, T, F, Fut>(&'a self, what: &str, op: F) -> Result<T>
     where
         F: Fn(&'a Pools) -> Fut,
         Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
     {
-        with_retries(self.retry, &self.database, &self.table, what, || op(&self.pool)).await
+        with_retries(
+            self.retry,
+            self.limits.statement(),
+            &self.database,
+            &self.table,
+            what,
+            || op(&self.pool),
+        )
+        .await
     }
 
     /// The batch's columns converted for binding, with the number of rows.
@@ -408,9 +434,11 @@ impl DatabaseSink {
         if !matches!(error, sqlx::Error::PoolTimedOut) {
             return String::new();
         }
-        match self.pool.probe().await {
-            Err(e) => format!("; connecting: {e}"),
-            Ok(()) => String::new(),
+        let limit = self.limits.connect;
+        match tokio::time::timeout(limit, self.pool.probe()).await {
+            Ok(Err(e)) => format!("; connecting: {e}"),
+            Ok(Ok(())) => String::new(),
+            Err(_) => format!("; connecting: no answer within {limit:?}"),
         }
     }
 
@@ -462,9 +490,15 @@ impl Sink for DatabaseSink {
         // that try's commit went through although its answer was lost.
         let mut was_new = false;
         let mut attempt = 0;
+        let limit = self.limits.statement();
+        let step = format!("writing batch {batch_id}");
         loop {
             attempt += 1;
-            match self.pool.write(&job, &mut was_new).await {
+            // A try that runs into the limit is not retried: see `limits`.
+            let written = limit
+                .run(&self.database, &self.table, &step, self.pool.write(&job, &mut was_new))
+                .await?;
+            match written {
                 Ok(Written::Rows(affected)) => {
                     tracing::debug!(
                         batch_id,

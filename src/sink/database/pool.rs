@@ -5,26 +5,27 @@
 //! code written once over [`Backend`]. One try at a batch is one transaction ([`write_on`]):
 //! look up the query's last committed batch, record this one, write the rows, commit. Whatever
 //! fails in between drops the transaction, which rolls it back, so a retry starts clean.
+//!
+//! A step cut off by its time limit ([`super::limits`]) leaves its connection in the middle of a
+//! statement; such a connection is closed rather than returned to the pool ([`Closing`]), where
+//! sqlx would test it with a ping that a silent server never answers.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::mysql::MySqlConnectOptions;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{MySql, Pool, Postgres, Sqlite};
 
 use super::backend::{Backend, InsertStatement, TableInfo};
 use super::dialect::{CommitStatements, Dialect};
+use super::limits::Limits;
 use super::values::Values;
 
 /// Connections the sink keeps open: one writes batches; a second lets start-up checks and a
 /// retry not wait for a connection being torn down.
 const MAX_CONNECTIONS: u32 = 2;
-
-/// How long to wait for a connection from the pool, and so for a server to accept one (the pool
-/// keeps trying a refused connection until then). Each of the retries waits this long at most.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs `$body` with `$pool` bound to the concrete pool.
 macro_rules! on_pool {
@@ -116,19 +117,57 @@ async fn probe_on<DB: Backend>(pool: &Pool<DB>) -> std::result::Result<(), sqlx:
     pool.connect_options().connect().await?.close().await
 }
 
+/// A connection taken from the pool that is closed when dropped, unless [`Closing::release`]d
+/// once its step has finished. A step that is cut off (by a timeout, or because the query stopped)
+/// or fails leaves the connection in an unknown state: closing it ends the server's session, which
+/// rolls back any transaction still open there, and frees the pool's slot at once.
+struct Closing<DB: sqlx::Database>(Option<PoolConnection<DB>>);
+
+impl<DB: sqlx::Database> Closing<DB> {
+    async fn acquire(pool: &Pool<DB>) -> std::result::Result<Self, sqlx::Error> {
+        Ok(Closing(Some(pool.acquire().await?)))
+    }
+
+    fn connection(&mut self) -> std::result::Result<&mut DB::Connection, sqlx::Error> {
+        match self.0.as_mut() {
+            Some(conn) => Ok(&mut **conn),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
+    /// Gives the connection back to the pool, for the next step.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl<DB: sqlx::Database> Drop for Closing<DB> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 async fn table_info_on<DB: Backend>(pool: &Pool<DB>, table: &str) -> std::result::Result<TableInfo, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    DB::table_info(&mut conn, table).await
+    let mut conn = Closing::acquire(pool).await?;
+    let info = DB::table_info(conn.connection()?, table).await?;
+    conn.release();
+    Ok(info)
 }
 
 async fn execute_on<DB: Backend>(pool: &Pool<DB>, sql: &str) -> std::result::Result<u64, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    DB::execute(&mut conn, sql).await
+    let mut conn = Closing::acquire(pool).await?;
+    let affected = DB::execute(conn.connection()?, sql).await?;
+    conn.release();
+    Ok(affected)
 }
 
 async fn statement_budget_on<DB: Backend>(pool: &Pool<DB>) -> std::result::Result<usize, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    DB::statement_budget(&mut conn).await
+    let mut conn = Closing::acquire(pool).await?;
+    let budget = DB::statement_budget(conn.connection()?).await?;
+    conn.release();
+    Ok(budget)
 }
 
 /// One try at a batch: one transaction that checks and records the commit mark and writes the
@@ -138,11 +177,23 @@ async fn write_on<DB: Backend>(
     job: &Job<'_>,
     was_new: &mut bool,
 ) -> std::result::Result<Written, sqlx::Error> {
+    let mut conn = Closing::acquire(pool).await?;
+    let written = write_in_transaction::<DB>(conn.connection()?, job, was_new).await?;
+    conn.release();
+    Ok(written)
+}
+
+async fn write_in_transaction<DB: Backend>(
+    conn: &mut DB::Connection,
+    job: &Job<'_>,
+    was_new: &mut bool,
+) -> std::result::Result<Written, sqlx::Error> {
+    use sqlx::Connection;
     // SQLite: take the write lock now, not at the first write (which could fail as busy with a
     // reader in the middle of the transaction).
     let mut tx = match DB::DIALECT {
-        Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Dialect::Postgres | Dialect::MySql => pool.begin().await?,
+        Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+        Dialect::Postgres | Dialect::MySql => conn.begin().await?,
     };
     let last = DB::with_ids(&mut tx, &job.commits.last, job.query_id, None, true).await?;
     if last.is_some_and(|last| last >= job.batch_id) {
@@ -170,8 +221,13 @@ async fn write_on<DB: Backend>(
 }
 
 /// A pool on `url` for the sink of `table`, connecting when first used (a missing SQLite file is
-/// created then).
-pub(crate) fn open_pool(dialect: Dialect, url: &str, table: &str) -> std::result::Result<Pools, sqlx::Error> {
+/// created then). Taking a connection from it waits at most `limits.connect`.
+pub(crate) fn open_pool(
+    dialect: Dialect,
+    url: &str,
+    table: &str,
+    limits: Limits,
+) -> std::result::Result<Pools, sqlx::Error> {
     Ok(match dialect {
         Dialect::Sqlite => {
             // WAL lets readers look at the table while a batch is written; synchronous stays FULL,
@@ -180,7 +236,7 @@ pub(crate) fn open_pool(dialect: Dialect, url: &str, table: &str) -> std::result
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full);
-            Pools::Sqlite(pool_options().connect_lazy_with(options))
+            Pools::Sqlite(pool_options(limits).connect_lazy_with(options))
         }
         Dialect::Postgres => {
             // UTC, so that timestamps with a time zone convert the same way whatever the server's
@@ -193,7 +249,7 @@ pub(crate) fn open_pool(dialect: Dialect, url: &str, table: &str) -> std::result
             let options = PgConnectOptions::from_str(url)?
                 .application_name(&name)
                 .options([("TimeZone", "UTC")]);
-            Pools::Postgres(pool_options().connect_lazy_with(options))
+            Pools::Postgres(pool_options(limits).connect_lazy_with(options))
         }
         Dialect::MySql => {
             let url = match url.split_once("://") {
@@ -201,13 +257,15 @@ pub(crate) fn open_pool(dialect: Dialect, url: &str, table: &str) -> std::result
                 _ => url.to_string(),
             };
             let options = MySqlConnectOptions::from_str(&url)?.timezone(Some("+00:00".to_string()));
-            Pools::MySql(pool_options().connect_lazy_with(options))
+            Pools::MySql(pool_options(limits).connect_lazy_with(options))
         }
     })
 }
 
-fn pool_options<DB: sqlx::Database>() -> sqlx::pool::PoolOptions<DB> {
+/// The pool keeps trying a refused connection until `limits.connect`, then reports a pool
+/// timeout (which is retried, see [`super::retry`]).
+fn pool_options<DB: sqlx::Database>(limits: Limits) -> sqlx::pool::PoolOptions<DB> {
     sqlx::pool::PoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(limits.connect)
 }

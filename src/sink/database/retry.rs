@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use super::limits::StepLimit;
 use crate::error::{Error, Result};
 
 /// How many times, and with which pauses, a batch is tried.
@@ -82,8 +83,10 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
 }
 
 /// Runs `op` until it succeeds, fails for good, or has failed transiently `policy.attempts` times.
+/// Each try runs within `limit`; a try that runs into it fails at once (see [`super::limits`]).
 pub(crate) async fn with_retries<T, F, Fut>(
     policy: RetryPolicy,
+    limit: StepLimit,
     database: &str,
     table: &str,
     what: &str,
@@ -96,7 +99,7 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match op().await {
+        match limit.run(database, table, what, op()).await? {
             Ok(value) => return Ok(value),
             Err(e) if is_transient(&e) && attempt < policy.attempts => {
                 let pause = policy.delay(attempt);

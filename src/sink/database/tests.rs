@@ -51,6 +51,7 @@ fn config(url: &str, table: &str, mode: OutputMode, query_id: &str) -> DatabaseS
         schema: schema(),
         output_mode: mode,
         query_id: query_id.to_string(),
+        limits: Limits::default(),
     }
 }
 

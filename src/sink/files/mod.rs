@@ -165,6 +165,25 @@ impl FileSink {
         })
     }
 
+    /// The shape of the data files this sink writes, which are the only files it ever deletes.
+    fn own_file_shape(&self) -> Result<OwnFileShape> {
+        let partition_prefixes = self
+            .partition_columns
+            .iter()
+            .map(|(_, column)| {
+                let segment = storage::partition_segment(column, None)?;
+                Ok(match segment.split_once('=') {
+                    Some((escaped, _)) => format!("{escaped}="),
+                    None => segment,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(OwnFileShape {
+            partition_prefixes,
+            extension: self.format.extension(),
+        })
+    }
+
     fn store_error(&self, doing: &str, error: datafusion::object_store::Error) -> Error {
         Error::ObjectStore {
             context: format!("{doing} in files sink '{}'", self.location.display),
@@ -196,29 +215,31 @@ impl FileSink {
             .flat_map(|e| e.files.iter().map(|f| f.path.clone()))
             .collect();
         let keep: HashSet<&str> = visible.iter().filter_map(|f| f.rsplit('/').next()).collect();
+        let own = self.own_file_shape()?;
         let leftovers: Vec<Path> = store
             .list(Some(dir))
             .try_filter(|object| {
-                let in_metadata = object
-                    .location
-                    .prefix_match(dir)
-                    .and_then(|mut parts| parts.next())
-                    .is_some_and(|first| first.as_ref() == storage::METADATA_DIR);
-                let leftover = object
-                    .location
-                    .filename()
-                    .is_some_and(|name| is_part_file(name) && !keep.contains(name));
-                futures::future::ready(!in_metadata && leftover)
+                let leftover = object.location.prefix_match(dir).is_some_and(|relative| {
+                    let relative: Vec<_> = relative.collect();
+                    own.matches(&relative) && relative.last().is_some_and(|name| !keep.contains(name.as_ref()))
+                });
+                futures::future::ready(leftover)
             })
             .map_ok(|object| object.location)
             .try_collect()
             .await
             .map_err(|e| self.store_error("listing", e))?;
         if !leftovers.is_empty() {
-            tracing::info!(
+            for file in &leftovers {
+                tracing::warn!(
+                    file = %self.location.display_file(file),
+                    "files sink deletes a data file no committed batch lists (left by a batch that did not commit)"
+                );
+            }
+            tracing::warn!(
                 directory = %self.location.display,
                 files = leftovers.len(),
-                "deleting files of batches that did not commit"
+                "files sink deleted the files of batches that did not commit"
             );
             self.delete(leftovers).await;
         }
@@ -368,19 +389,46 @@ fn names_a_directory(data_type: &DataType) -> bool {
     !binary && !data_type.is_nested() && can_cast_types(data_type, &DataType::Utf8)
 }
 
-/// True for a name this sink gives data files: `part-<batch>-<uuid>.<parquet|csv|json>`. Only
-/// such files are ever deleted as leftovers.
-fn is_part_file(name: &str) -> bool {
+/// Where and under which names one files sink writes its data files: `part-<batch>-<uuid>.<ext>`
+/// with its own format's extension, inside one `column=value/` directory per partition column, in
+/// `partition_by` order. The directory may hold other files (a user's notes, another tool's
+/// output); only files of this shape can come from the sink's own crashed batches, so only they
+/// are ever deleted as leftovers.
+#[derive(Debug)]
+struct OwnFileShape {
+    /// `column=` of each partition directory level, escaped as in the directory names.
+    partition_prefixes: Vec<String>,
+    /// The extension of the sink's format.
+    extension: &'static str,
+}
+
+impl OwnFileShape {
+    /// Whether the file at `relative` (path segments inside the output directory) has this shape.
+    fn matches(&self, relative: &[datafusion::object_store::path::PathPart<'_>]) -> bool {
+        let Some((name, directories)) = relative.split_last() else {
+            return false;
+        };
+        directories.len() == self.partition_prefixes.len()
+            && directories
+                .iter()
+                .zip(&self.partition_prefixes)
+                .all(|(directory, prefix)| directory.as_ref().starts_with(prefix.as_str()))
+            && is_part_file(name.as_ref(), self.extension)
+    }
+}
+
+/// True for a name this sink gives data files of format `extension`: `part-<batch>-<uuid>.<ext>`.
+fn is_part_file(name: &str, extension: &str) -> bool {
     let Some((batch, rest)) = name.strip_prefix("part-").and_then(|r| r.split_once('-')) else {
         return false;
     };
-    let Some((id, extension)) = rest.split_once('.') else {
+    let Some((id, found)) = rest.split_once('.') else {
         return false;
     };
     !batch.is_empty()
         && batch.bytes().all(|b| b.is_ascii_digit())
         && uuid::Uuid::parse_str(id).is_ok()
-        && ["parquet", "csv", "json"].contains(&extension)
+        && found == extension
 }
 
 /// One file's bytes.

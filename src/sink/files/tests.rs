@@ -181,10 +181,34 @@ fn bad_partition_columns_and_update_mode_are_refused_with_reasons() {
 
 #[test]
 fn only_names_the_sink_gives_count_as_its_files() {
-    assert!(is_part_file("part-00012-3f2504e0-4f89-11d3-9a0c-0305e82c3301.parquet"));
+    let uuid = "3f2504e0-4f89-11d3-9a0c-0305e82c3301";
+    assert!(is_part_file(&format!("part-00012-{uuid}.parquet"), "parquet"));
+    assert!(!is_part_file(&format!("part-00012-{uuid}.parquet"), "csv"));
     assert!(!is_part_file(
-        "part-00012-3f2504e0-4f89-11d3-9a0c-0305e82c3301-c000.snappy.parquet"
+        &format!("part-00012-{uuid}-c000.snappy.parquet"),
+        "parquet"
     ));
-    assert!(!is_part_file("part-0.parquet"));
-    assert!(!is_part_file("data.parquet"));
+    assert!(!is_part_file("part-0.parquet", "parquet"));
+    assert!(!is_part_file("part-x.csv", "csv"));
+    assert!(!is_part_file("data.parquet", "parquet"));
+}
+
+#[test]
+fn own_files_sit_in_the_sink_s_own_partition_directories() {
+    let shape = OwnFileShape {
+        partition_prefixes: vec!["day=".to_string(), "a%3Db=".to_string()],
+        extension: "json",
+    };
+    let matches = |relative: &str| {
+        let path = Path::parse(relative).unwrap();
+        shape.matches(&path.parts().collect::<Vec<_>>())
+    };
+    let name = "part-00001-3f2504e0-4f89-11d3-9a0c-0305e82c3301.json";
+    assert!(matches(&format!("day=2024-01-01/a%3Db=x/{name}")));
+    assert!(matches(&format!("day=__HIVE_DEFAULT_PARTITION__/a%3Db=/{name}")));
+    assert!(!matches(name), "not partitioned");
+    assert!(!matches(&format!("day=2024-01-01/{name}")), "one level short");
+    assert!(!matches(&format!("a%3Db=x/day=2024-01-01/{name}")), "other order");
+    assert!(!matches(&format!("day=1/a%3Db=x/extra/{name}")), "one level deeper");
+    assert!(!matches(&format!("_tidewater_metadata/a%3Db=x/{name}")));
 }

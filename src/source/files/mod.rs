@@ -383,8 +383,8 @@ impl Source for FilesSource {
         Ok(())
     }
 
-    fn directory(&self) -> Option<std::path::PathBuf> {
-        self.location.local.clone()
+    fn directory(&self) -> Option<String> {
+        Some(self.config.path.clone())
     }
 
     fn metrics(&self) -> BTreeMap<String, String> {
