@@ -516,8 +516,9 @@ async fn every_spelling_of_the_source_directory_is_refused_as_the_sink_s() {
         ),
         ("memory:///data/in/".to_string(), "memory:///data".to_string()),
     ];
-    for (source, sink) in refused {
-        let error = start_error(&source, &sink, &checkpoint).await;
+    // Each case has a checkpoint of its own: a checkpoint belongs to the sources it was made for.
+    for (case, (source, sink)) in refused.into_iter().enumerate() {
+        let error = start_error(&source, &sink, &checkpoint.join(case.to_string())).await;
         let message = error.as_ref().map(ToString::to_string).unwrap_or_default();
         assert!(
             message.contains("would come back as input"),
@@ -531,8 +532,8 @@ async fn every_spelling_of_the_source_directory_is_refused_as_the_sink_s() {
         (input_text.clone(), format!("{root}/in/../out")),
         ("memory:///data/in".to_string(), "memory:///data/in2".to_string()),
     ];
-    for (source, sink) in allowed {
-        let error = start_error(&source, &sink, &checkpoint).await;
+    for (case, (source, sink)) in allowed.into_iter().enumerate() {
+        let error = start_error(&source, &sink, &checkpoint.join(format!("allowed-{case}"))).await;
         assert!(error.is_none(), "source {source}, sink {sink}: {error:?}");
     }
 }
