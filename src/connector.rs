@@ -21,6 +21,9 @@ type Connector = (&'static str, &'static [&'static str]);
 /// Source connectors and the options each accepts.
 /// The fastest rate source: past this a demo source would only measure the generator.
 const MAX_ROWS_PER_SECOND: usize = 1_000_000_000;
+/// The files source's default for `max_bytes_per_trigger`: a backlog is read in batches of about
+/// this much input, so one batch's decoded rows stay within memory.
+const DEFAULT_MAX_BYTES_PER_TRIGGER: u64 = 1 << 30;
 /// The most rows a console sink prints per batch.
 const MAX_CONSOLE_ROWS: usize = 1_000_000;
 
@@ -31,6 +34,7 @@ const SOURCE_CONNECTORS: &[Connector] = &[
             "path",
             "format",
             "max_files_per_trigger",
+            "max_bytes_per_trigger",
             "mode",
             "header",
             "delimiter",
@@ -270,6 +274,11 @@ fn source_of(
                 format,
                 schema,
                 max_files_per_trigger: options.positive("max_files_per_trigger", usize::MAX)?,
+                max_bytes_per_trigger: Some(
+                    options
+                        .positive("max_bytes_per_trigger", usize::MAX)?
+                        .map_or(DEFAULT_MAX_BYTES_PER_TRIGGER, |n| n as u64),
+                ),
                 mode,
             };
             Ok((

@@ -132,8 +132,9 @@ impl MemoryStream {
             None => Ok(0),
             Some(offset) => match self.batches_at(offset)? {
                 Some(n) => Ok(n),
+                // Asked on every trigger until this process's first batch: not a log line each.
                 None => {
-                    tracing::info!(
+                    tracing::debug!(
                         stream = self.description(),
                         "the checkpoint's offsets are of this memory stream in an earlier process, whose rows \
                          are gone; reading this process's rows from the first"

@@ -73,6 +73,42 @@ async fn max_files_per_trigger_bounds_each_batch_and_new_files_are_picked_up() {
 }
 
 #[tokio::test]
+async fn max_bytes_per_trigger_bounds_each_batch_by_the_files_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Files of 100, 100, 300, 50 and 50 bytes (a line of 10 bytes is one row).
+    for (i, rows) in [10, 10, 30, 5, 5].into_iter().enumerate() {
+        let content = format!("{i},xxxxxxx\n").repeat(rows);
+        assert_eq!(content.len(), rows * 10);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        drop_file(dir.path(), &format!("f{i}.csv"), content.as_bytes());
+    }
+    let (session, query) = files_query(
+        dir.path(),
+        "n INT, s VARCHAR",
+        "format = 'csv', maxBytesPerTrigger = '200'",
+        "available_now",
+    )
+    .await;
+    assert!(query.await_termination(None).await.unwrap());
+    let per_batch: Vec<u64> = query.recent_progress().iter().map(|p| p.num_input_rows).collect();
+    // Two files fill 200 bytes; a file over the budget is read alone; the last two fit together.
+    assert_eq!(per_batch, [20, 30, 10]);
+    assert_eq!(query_rows(&session, "SELECT count(*) FROM out").await, ["60"]);
+
+    // Trigger once reads everything in one batch, as Spark's does.
+    let (_session, query) = files_query(
+        dir.path(),
+        "n INT, s VARCHAR",
+        "format = 'csv', max_bytes_per_trigger = '200'",
+        "once",
+    )
+    .await;
+    assert!(query.await_termination(None).await.unwrap());
+    let per_batch: Vec<u64> = query.recent_progress().iter().map(|p| p.num_input_rows).collect();
+    assert_eq!(per_batch, [60]);
+}
+
+#[tokio::test]
 async fn hidden_temporary_and_metadata_files_are_ignored_until_renamed() {
     let dir = tempfile::tempdir().unwrap();
     let (session, query) = files_query(dir.path(), "value VARCHAR", "format = 'text'", "0 seconds").await;
@@ -252,6 +288,7 @@ async fn a_file_removed_after_listing_is_an_error_naming_it() {
             tidewater::arrow::datatypes::Field::new("n", tidewater::arrow::datatypes::DataType::Int32, true),
         ])),
         max_files_per_trigger: None,
+        max_bytes_per_trigger: None,
         mode: MalformedMode::Permissive,
     })
     .unwrap();

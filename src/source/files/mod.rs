@@ -82,8 +82,26 @@ pub struct FilesSourceConfig {
     pub schema: SchemaRef,
     /// At most this many new files per batch (all new files when `None`).
     pub max_files_per_trigger: Option<usize>,
+    /// New files are admitted into a batch while their sizes add up to at most this many bytes,
+    /// and always at least one (no limit when `None`). A batch's files are decoded in memory
+    /// together, so this bounds what one batch holds after a backlog piles up.
+    pub max_bytes_per_trigger: Option<u64>,
     /// Handling of malformed records.
     pub mode: MalformedMode,
+}
+
+/// How many of the files of `sizes` (in order) fit in `budget` bytes: at least one, so that a
+/// file larger than the budget is still read, alone.
+fn within_bytes(sizes: &[u64], budget: u64) -> usize {
+    let mut total = 0u64;
+    let fitting = sizes
+        .iter()
+        .take_while(|size| {
+            total = total.saturating_add(**size);
+            total <= budget
+        })
+        .count();
+    fitting.max(1).min(sizes.len())
 }
 
 /// Watches a directory and reads each new file once, oldest first; files must appear atomically
@@ -102,6 +120,9 @@ pub struct FilesSource {
 #[derive(Debug, Default)]
 struct FileLog {
     files: Vec<Path>,
+    /// The size of each file in `files`, as listed (0 when unknown: files restored from the
+    /// checkpoint, which are only read again as logged).
+    sizes: Vec<u64>,
     seen: HashSet<Path>,
     /// The directory is a files sink's output: files come from its manifest, not a listing.
     sink_output: bool,
@@ -205,6 +226,7 @@ impl FilesSource {
             if log.seen.insert(object.location.clone()) {
                 tracing::debug!(file = %object.location, "new input file");
                 log.files.push(object.location);
+                log.sizes.push(object.size);
             }
         }
         Ok(())
@@ -229,6 +251,7 @@ impl FilesSource {
             if log.seen.insert(file.clone()) {
                 tracing::debug!(file = %file, "new committed file");
                 log.files.push(file);
+                log.sizes.push(0);
             }
         }
         if let Some(last) = entries.last() {
@@ -289,13 +312,18 @@ impl Source for FilesSource {
         if cap.is_none_or(|cap| cap > self.lock().files.len()) {
             self.discover().await?;
         }
-        let logged = self.lock().files.len();
+        let log = self.lock();
+        let logged = log.files.len();
         let mut end = logged;
-        if limit != ReadLimit::All
-            && let Some(max) = self.config.max_files_per_trigger
-        {
-            end = end.min(start.saturating_add(max));
+        if limit != ReadLimit::All {
+            if let Some(max) = self.config.max_files_per_trigger {
+                end = end.min(start.saturating_add(max));
+            }
+            if let Some(budget) = self.config.max_bytes_per_trigger {
+                end = end.min(within_bytes(log.sizes.get(start..end).unwrap_or_default(), budget) + start);
+            }
         }
+        drop(log);
         if let Some(cap) = cap {
             end = end.min(cap);
         }
@@ -378,6 +406,7 @@ impl Source for FilesSource {
         for file in files {
             if state.seen.insert(file.clone()) {
                 state.files.push(file);
+                state.sizes.push(0);
             }
         }
         Ok(())
