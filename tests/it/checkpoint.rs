@@ -355,29 +355,8 @@ async fn a_files_source_whose_log_was_deleted_is_refused_instead_of_reading_file
             "the whole log" => std::fs::remove_dir_all(&log).unwrap(),
             _ => std::fs::remove_file(log.join("1")).unwrap(),
         }
-        let session = StreamingSession::new();
-        let error = session
-            .read_stream()
-            .format("json")
-            .schema(std::sync::Arc::new(tidewater::arrow::datatypes::Schema::new(vec![
-                tidewater::arrow::datatypes::Field::new("n", tidewater::arrow::datatypes::DataType::Int64, true),
-            ])))
-            .option("maxFilesPerTrigger", 1)
-            .load(&input.display().to_string())
-            .await
-            .unwrap()
-            .write_stream()
-            .format("memory")
-            .query_name("seen")
-            .option("checkpointLocation", checkpoint.display())
-            .trigger(tidewater::Trigger::AvailableNow)
-            .start()
-            .await
-            .unwrap()
-            .await_termination(None)
-            .await
-            .expect_err(damage)
-            .to_string();
+        let (_session, query) = start_reading(&input, &checkpoint).await;
+        let error = query.await_termination(None).await.expect_err(damage).to_string();
         assert!(
             error.contains("sources/0") && error.contains("where the offsets log says 2 were read"),
             "{damage}: {error}"
@@ -489,8 +468,9 @@ async fn a_memory_url_checkpoint_lives_as_long_as_the_session() {
     query.stop().await.unwrap();
 }
 
-/// The files each run reads from `input`, through the DataFrame API with Spark's option names.
-async fn read_new_files(input: &Path, checkpoint: &Path) -> (Vec<String>, u64) {
+/// Starts reading the files of `input` one per batch into memory table `seen`, through the
+/// DataFrame API with Spark's option names.
+async fn start_reading(input: &Path, checkpoint: &Path) -> (StreamingSession, tidewater::StreamingQuery) {
     let session = StreamingSession::new();
     let schema = std::sync::Arc::new(tidewater::arrow::datatypes::Schema::new(vec![
         tidewater::arrow::datatypes::Field::new("n", tidewater::arrow::datatypes::DataType::Int64, true),
@@ -511,6 +491,12 @@ async fn read_new_files(input: &Path, checkpoint: &Path) -> (Vec<String>, u64) {
         .start()
         .await
         .unwrap();
+    (session, query)
+}
+
+/// The files each run reads from `input` (see [`start_reading`]), and its last batch id.
+async fn read_new_files(input: &Path, checkpoint: &Path) -> (Vec<String>, u64) {
+    let (session, query) = start_reading(input, checkpoint).await;
     assert!(query.await_termination(None).await.unwrap());
     let last_batch = query.last_progress().map_or(0, |p| p.batch_id);
     (query_rows(&session, "SELECT n FROM seen ORDER BY n").await, last_batch)
