@@ -299,6 +299,32 @@ async fn bad_values_in_any_column_are_found_and_only_they_are_malformed() {
 }
 
 #[tokio::test]
+async fn every_line_ending_delimits_records_around_a_bad_one() {
+    for (ending, name) in [("\n", "lf"), ("\r\n", "crlf"), ("\r", "cr"), ("\n\n", "blank lines")] {
+        let lines = ["1,a", "2,b", "x,c", "3,d", "4,e,extra", "5,f"];
+        let content = lines.join(ending) + ending;
+        let dir = tempfile::tempdir().unwrap();
+        drop_file(dir.path(), "in.csv", content.as_bytes());
+        let (session, query, ended) = run_to_end(
+            dir.path(),
+            "n INT, s VARCHAR",
+            "format = 'csv', header = 'false', mode = 'drop_malformed'",
+            "append",
+            "SELECT n, s FROM c",
+        )
+        .await;
+        ended.unwrap();
+        assert_eq!(
+            sorted(query_rows(&session, "SELECT * FROM out").await),
+            ["1|a", "2|b", "3|d", "5|f"],
+            "{name}"
+        );
+        let metrics = &query.last_progress().unwrap().sources[0].metrics;
+        assert_eq!(metrics["numDroppedMalformedRecords"], "2", "{name}");
+    }
+}
+
+#[tokio::test]
 async fn deeply_nested_json_is_a_malformed_record_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let deep = format!("{{\"n\": {}1{}}}\n", "[".repeat(100_000), "]".repeat(100_000));
