@@ -208,15 +208,11 @@ impl Checkpoint {
         let Some(bytes) = dir.get(name).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Checkpoint {
-            file: dir.display(name),
-            message: format!("unreadable ({e}); the file is damaged or was not written by Tidewater"),
-        })
+        parse_file(&bytes, &dir.display(name)).map(Some)
     }
 
     async fn write<T: Serialize>(&self, dir: &Dir, name: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(format!("checkpoint entry: {e}")))?;
-        dir.put(name, Bytes::from(bytes), Write::Once).await
+        dir.put(name, file_bytes(value)?, Write::Once).await
     }
 
     /// The metadata, `None` for a new checkpoint.
@@ -225,16 +221,8 @@ impl Checkpoint {
             return Ok(None);
         };
         let metadata: Option<Metadata> = self.read(root, "metadata").await?;
-        if let Some(m) = &metadata
-            && m.version != FORMAT_VERSION
-        {
-            return Err(Error::Checkpoint {
-                file: root.display("metadata"),
-                message: format!(
-                    "format version {} is not the one this Tidewater reads ({FORMAT_VERSION})",
-                    m.version
-                ),
-            });
+        if let Some(m) = &metadata {
+            check_version(m, &root.display("metadata"))?;
         }
         Ok(metadata)
     }
@@ -350,6 +338,37 @@ impl Checkpoint {
         *self.first_entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(first.max(oldest_kept));
         Ok(())
     }
+}
+
+/// A checkpoint file's JSON (metadata, an offsets or a commits entry) as a `T`. Anything else is
+/// a damaged file: an error naming `file`, never a guess.
+pub(crate) fn parse_file<T: DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Checkpoint {
+        file: file.to_string(),
+        message: format!("unreadable ({e}); the file is damaged or was not written by Tidewater"),
+    })
+}
+
+/// The bytes of a checkpoint file holding `value`: pretty JSON, so a person can read a damaged
+/// checkpoint's files.
+pub(crate) fn file_bytes<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("checkpoint entry: {e}")))
+}
+
+/// Refuses metadata of another checkpoint format: its files would be read as what they are not.
+pub(crate) fn check_version(metadata: &Metadata, file: &str) -> Result<()> {
+    if metadata.version != FORMAT_VERSION {
+        return Err(Error::Checkpoint {
+            file: file.to_string(),
+            message: format!(
+                "format version {} is not the one this Tidewater reads ({FORMAT_VERSION})",
+                metadata.version
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A directory removed when dropped.
