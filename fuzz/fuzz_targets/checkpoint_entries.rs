@@ -5,7 +5,11 @@
 use libfuzzer_sys::fuzz_target;
 use tidewater::fuzzing::{CheckpointFile, read_checkpoint_file};
 
-const KINDS: [CheckpointFile; 3] = [CheckpointFile::Metadata, CheckpointFile::Offsets, CheckpointFile::Commits];
+const KINDS: [CheckpointFile; 3] = [
+    CheckpointFile::Metadata,
+    CheckpointFile::Offsets,
+    CheckpointFile::Commits,
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&kind, file)) = data.split_first() else {

@@ -52,7 +52,13 @@ fuzz_target!(|data: &[u8]| {
     let statement = TEMPLATES[usize::from(choice) % TEMPLATES.len()].replace("{}", text);
     runtime().block_on(async {
         let session = StreamingSession::new();
-        session.sql(TABLE).await.expect("the static table").collect().await.expect("created");
+        session
+            .sql(TABLE)
+            .await
+            .expect("the static table")
+            .collect()
+            .await
+            .expect("created");
         if let Ok(frame) = session.sql(&statement).await {
             let _ = frame.collect().await;
         }

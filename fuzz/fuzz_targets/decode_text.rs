@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
     let value_type = TYPES[usize::from(options / 3) % TYPES.len()].clone();
     let schema = Arc::new(Schema::new(vec![Field::new("value", value_type, true)]));
     let decoded = decode_file(FileFormat::Text, mode, schema.clone(), file).expect("text reads any file");
-    assert_eq!((decoded.malformed, decoded.dropped), (0, 0), "text has no malformed records");
+    assert_eq!(
+        (decoded.malformed, decoded.dropped),
+        (0, 0),
+        "text has no malformed records"
+    );
 
     let text = String::from_utf8_lossy(file);
     let mut lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
@@ -38,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     for batch in &decoded.batches {
         assert_eq!(batch.schema(), schema);
         let values = cast(batch.column(0), &DataType::Utf8).expect("string column");
-        let values = values.as_any().downcast_ref::<tidewater::arrow::array::StringArray>().expect("Utf8");
+        let values = values
+            .as_any()
+            .downcast_ref::<tidewater::arrow::array::StringArray>()
+            .expect("Utf8");
         for i in 0..values.len() {
             assert_eq!(Some(values.value(i)), lines.get(row).copied(), "row {row}");
             row += 1;

@@ -43,13 +43,20 @@ pub fn check_modes(format: FileFormat, bytes: &[u8], records: usize) {
     let permissive = decode(MalformedMode::Permissive, false).expect("permissive mode reads any file");
     assert_eq!(rows(&permissive), records, "permissive: one row per record");
     assert_eq!(permissive.dropped, 0, "permissive drops nothing");
-    assert!(permissive.malformed as usize <= records, "more malformed records than records");
+    assert!(
+        permissive.malformed as usize <= records,
+        "more malformed records than records"
+    );
     for batch in &permissive.batches {
         assert_eq!(batch.schema(), schema(false), "rows in the declared schema");
     }
 
     let with_text = decode(MalformedMode::Permissive, true).expect("permissive mode reads any file");
-    assert_eq!(rows(&with_text), records, "permissive with _corrupt_record: one row per record");
+    assert_eq!(
+        rows(&with_text),
+        records,
+        "permissive with _corrupt_record: one row per record"
+    );
     assert_eq!(
         with_text.malformed, permissive.malformed,
         "declaring _corrupt_record changes which records are malformed"
@@ -62,9 +69,15 @@ pub fn check_modes(format: FileFormat, bytes: &[u8], records: usize) {
             column.len() - column.null_count()
         })
         .sum();
-    assert_eq!(texts as u64, with_text.malformed, "a _corrupt_record text per malformed record");
+    assert_eq!(
+        texts as u64, with_text.malformed,
+        "a _corrupt_record text per malformed record"
+    );
     for batch in &with_text.batches {
-        let corrupt = batch.column_by_name("_corrupt_record").expect("declared column").as_string::<i32>();
+        let corrupt = batch
+            .column_by_name("_corrupt_record")
+            .expect("declared column")
+            .as_string::<i32>();
         for row in 0..batch.num_rows() {
             if corrupt.is_valid(row) {
                 for column in &batch.columns()[..batch.num_columns() - 1] {
@@ -80,7 +93,11 @@ pub fn check_modes(format: FileFormat, bytes: &[u8], records: usize) {
         dropping.dropped, permissive.malformed,
         "drop_malformed drops the records permissive keeps as nulls"
     );
-    assert_eq!(rows(&dropping) + dropping.dropped as usize, records, "drop_malformed: kept + dropped");
+    assert_eq!(
+        rows(&dropping) + dropping.dropped as usize,
+        records,
+        "drop_malformed: kept + dropped"
+    );
 
     match decode(MalformedMode::FailFast, false) {
         Ok(strict) => {
