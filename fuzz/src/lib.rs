@@ -44,7 +44,7 @@ pub fn check_modes(format: FileFormat, bytes: &[u8], records: usize) {
     assert_eq!(rows(&permissive), records, "permissive: one row per record");
     assert_eq!(permissive.dropped, 0, "permissive drops nothing");
     assert!(
-        permissive.malformed as usize <= records,
+        permissive.malformed <= records as u64,
         "more malformed records than records"
     );
     for batch in &permissive.batches {
