@@ -72,6 +72,8 @@
 //! - `time`: checked event-time arithmetic (the nanosecond range, units, durations). Depends on
 //!   `error` only.
 //! - `error`: the one error type.
+//! - `fuzzing`: only with `--cfg fuzzing` (the fuzz targets in `fuzz/`): thin wrappers that hand
+//!   raw bytes to the files source's decoder and the checkpoint and state-file readers.
 
 pub(crate) mod checkpoint;
 pub(crate) mod connector;
@@ -87,6 +89,12 @@ pub(crate) mod sql;
 pub(crate) mod state;
 pub(crate) mod storage;
 pub(crate) mod time;
+
+/// Crate-private decoders for the fuzz targets in `fuzz/` (see its module docs); only in builds
+/// with `--cfg fuzzing`, as `cargo fuzz` makes them.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};

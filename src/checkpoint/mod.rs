@@ -210,15 +210,11 @@ impl Checkpoint {
         let Some(bytes) = dir.get(name).await? else {
             return Ok(None);
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Checkpoint {
-            file: dir.display(name),
-            message: format!("unreadable ({e}); the file is damaged or was not written by Tidewater"),
-        })
+        parse_file(&bytes, &dir.display(name)).map(Some)
     }
 
     async fn write<T: Serialize>(&self, dir: &Dir, name: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(format!("checkpoint entry: {e}")))?;
-        dir.put(name, Bytes::from(bytes), Write::Once).await
+        dir.put(name, file_bytes(value)?, Write::Once).await
     }
 
     /// The metadata, `None` for a new checkpoint.
@@ -226,10 +222,7 @@ impl Checkpoint {
         let Some(root) = &self.root else {
             return Ok(None);
         };
-        let other_version = |version: u64| Error::Checkpoint {
-            file: root.display("metadata"),
-            message: format!("format version {version} is not the one this Tidewater reads ({FORMAT_VERSION})"),
-        };
+        let file = root.display("metadata");
         let metadata: Option<Metadata> = match self.read(root, "metadata").await {
             Ok(metadata) => metadata,
             Err(error) => {
@@ -242,15 +235,13 @@ impl Checkpoint {
                     .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
                     .and_then(|value| value.get("version")?.as_u64());
                 return Err(match version {
-                    Some(version) if version != u64::from(FORMAT_VERSION) => other_version(version),
+                    Some(version) if version != u64::from(FORMAT_VERSION) => version_error(version, &file),
                     _ => error,
                 });
             }
         };
-        if let Some(m) = &metadata
-            && m.version != FORMAT_VERSION
-        {
-            return Err(other_version(u64::from(m.version)));
+        if let Some(m) = &metadata {
+            check_version(m, &file)?;
         }
         Ok(metadata)
     }
@@ -380,6 +371,38 @@ impl Checkpoint {
         }
         *self.first_entry.lock().unwrap_or_else(|e| e.into_inner()) = Some(first.max(oldest_kept));
         Ok(())
+    }
+}
+
+/// A checkpoint file's JSON (metadata, an offsets or a commits entry) as a `T`. Anything else is
+/// a damaged file: an error naming `file`, never a guess.
+pub(crate) fn parse_file<T: DeserializeOwned>(bytes: &[u8], file: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Checkpoint {
+        file: file.to_string(),
+        message: format!("unreadable ({e}); the file is damaged or was not written by Tidewater"),
+    })
+}
+
+/// The bytes of a checkpoint file holding `value`: pretty JSON, so a person can read a damaged
+/// checkpoint's files.
+pub(crate) fn file_bytes<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec_pretty(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Internal(format!("checkpoint entry: {e}")))
+}
+
+/// Refuses metadata of another checkpoint format: its files would be read as what they are not.
+pub(crate) fn check_version(metadata: &Metadata, file: &str) -> Result<()> {
+    match metadata.version == FORMAT_VERSION {
+        true => Ok(()),
+        false => Err(version_error(u64::from(metadata.version), file)),
+    }
+}
+
+fn version_error(version: u64, file: &str) -> Error {
+    Error::Checkpoint {
+        file: file.to_string(),
+        message: format!("format version {version} is not the one this Tidewater reads ({FORMAT_VERSION})"),
     }
 }
 

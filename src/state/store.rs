@@ -343,7 +343,7 @@ fn encode_deltas(deltas: Vec<StateFile>) -> Result<Bytes> {
 
 /// Decodes the state file `file` (its name, for messages) of a checkpoint with `shards` shards:
 /// each shard's part, in shard order.
-fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<StateFile>> {
+pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<StateFile>> {
     let damaged = |message: String| Error::Checkpoint {
         file: file.to_string(),
         message,

@@ -35,7 +35,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
 pub(crate) use decode::CORRUPT_RECORD_COLUMN;
-use decode::{DecodePlan, Decoded};
+pub(crate) use decode::{DecodePlan, Decoded};
 
 use super::{Offset, ReadLimit, Source, SourceLog, count, project_schema};
 use crate::error::{Error, Result};
