@@ -1,7 +1,7 @@
 -- Tidewater quickstart: the classic "extract the venue from RSVP JSON lines" lab.
 -- Every file in data/rsvps holds one meetup RSVP per line, as raw JSON text. The query reads the
 -- files as a stream (one file per batch), pulls fields out of the JSON and prints each batch.
--- Run it with: cargo run --release -- run sql/quickstart.sql
+-- Run it with: cargo run -- run sql/quickstart.sql
 
 CREATE TABLE rsvps (value VARCHAR)
 WITH (connector = 'files', format = 'text', path = 'data/rsvps', max_files_per_trigger = '1');
