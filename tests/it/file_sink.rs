@@ -438,19 +438,18 @@ async fn a_files_sink_writing_where_its_source_reads_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     std::fs::create_dir(&input).unwrap();
-    for sink_dir in [input.clone(), input.join("out"), dir.path().to_path_buf()] {
-        let session = tidewater::StreamingSession::new();
-        let error = session
-            .run_script(&format!(
-                "CREATE TABLE events (n INT) WITH (connector = 'files', path = '{}', format = 'json');
-                 CREATE TABLE out WITH (connector = 'files', path = '{}', format = 'json', checkpoint_location = '{}');
-                 INSERT INTO out SELECT n FROM events",
-                input.display(),
-                sink_dir.display(),
-                dir.path().join("checkpoint").display()
-            ))
-            .await
-            .unwrap_err();
+    for (case, sink_dir) in [input.clone(), input.join("out"), dir.path().to_path_buf()]
+        .iter()
+        .enumerate()
+    {
+        let checkpoint = dir.path().join(format!("checkpoint-{case}"));
+        let error = start_error(
+            &input.display().to_string(),
+            &sink_dir.display().to_string(),
+            &checkpoint,
+        )
+        .await
+        .expect("refused");
         let message = error.to_string();
         assert!(
             message.contains("would come back as input"),
