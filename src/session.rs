@@ -472,6 +472,7 @@ impl StreamingSession {
                     table: table.clone(),
                     key: key.clone(),
                     grouping_key: incremental.output_keys(),
+                    session_key: incremental.session_output(),
                     schema: incremental.schema(),
                     output_mode: options.output_mode,
                     query_id: query_id.clone(),

@@ -19,7 +19,7 @@ use datafusion::arrow::compute::{concat_batches, interleave};
 use datafusion::arrow::datatypes::{Int64Type, SchemaRef};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
+use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::groups::{Aggregates, Merged, TableView};
@@ -105,7 +105,7 @@ impl StatefulOperator for StatefulAggregate {
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
-    ) -> Result<(RecordBatch, OperatorMetrics)> {
+    ) -> Result<Emitted> {
         let mut metrics = OperatorMetrics::default();
         let key_count = self.key_schema.fields().len();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
@@ -172,9 +172,14 @@ impl StatefulOperator for StatefulAggregate {
         }
         metrics.rows_total = self.buckets.values().map(|t| t.len() as u64).sum();
         metrics.memory_bytes = self.buckets.values().map(|t| t.memory_size() as u64).sum();
-        let output =
+        let rows =
             concat_batches(&self.output_schema, &out).map_err(|e| Error::Internal(format!("aggregate output: {e}")))?;
-        Ok((output, metrics))
+        Ok(Emitted {
+            rows,
+            // A group's key never changes, so an update replaces its earlier row under the same key.
+            replaced: RecordBatch::new_empty(self.output_schema.clone()),
+            metrics,
+        })
     }
 
     fn changes(&mut self) -> Result<StateFile> {

@@ -33,7 +33,7 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
-    ) -> Result<(RecordBatch, OperatorMetrics)>;
+    ) -> Result<Emitted>;
 
     /// What changed in the state since the last call: the next state version's delta.
     fn changes(&mut self) -> Result<StateFile>;
@@ -48,6 +48,20 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
 
     /// Rebuilds the state from one version of it, folded into a snapshot.
     fn restore(&mut self, state: &StateFile) -> Result<()>;
+}
+
+/// What a stateful operator emits for one batch.
+#[derive(Debug)]
+pub(crate) struct Emitted {
+    /// The rows the output mode emits.
+    pub(crate) rows: RecordBatch,
+    /// Rows that earlier batches emitted and that `rows` now replace under another key, as they
+    /// were then: in update mode, the sessions a merge absorbed into an earlier one, or whose start
+    /// an earlier row moved. A sink that keeps rows by key deletes them (see
+    /// [`Sink::add_batch_replacing`](crate::sink::Sink::add_batch_replacing)). Empty for operators
+    /// whose keys never change.
+    pub(crate) replaced: RecordBatch,
+    pub(crate) metrics: OperatorMetrics,
 }
 
 /// What a stateful operator reports for a batch (Spark's `StateOperatorProgress`).

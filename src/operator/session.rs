@@ -8,7 +8,11 @@
 //! `[time, time + gap)` (DataFusion's partial aggregation pre-merges rows with equal times); per
 //! key, the pieces and the stored sessions are sorted and overlapping ones merged, their states
 //! merged by fresh accumulators, as for other windows. A session is final when the watermark passes
-//! its end: append mode emits it then and forgets it; complete mode emits every session each batch.
+//! its end: append mode emits it then and forgets it; complete mode emits every session each batch;
+//! update mode emits the sessions a batch created, grew or merged, and forgets final ones silently.
+//! In update mode a session's start identifies it: a merge keeps the earliest start, and the
+//! sessions it absorbed (or the session whose start an earlier row moved) are reported as
+//! replaced, so that a sink keyed on the start can delete their rows.
 //!
 //! In the state store each session is a bucket of its own, under a number the shard hands out:
 //! a delta holds the sessions the batch created or grew and removes those merged away or closed,
@@ -18,13 +22,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray};
-use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::{OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
+use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
@@ -275,7 +279,7 @@ impl StatefulOperator for SessionAggregate {
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
-    ) -> Result<(RecordBatch, OperatorMetrics)> {
+    ) -> Result<Emitted> {
         let mut metrics = OperatorMetrics::default();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
         // New pieces per key.
@@ -314,6 +318,8 @@ impl StatefulOperator for SessionAggregate {
         // Merge pieces with the stored sessions of their key: each run of overlapping spans
         // becomes one session. A stored session that no piece touched stays as it is.
         let mut merged: Vec<(OwnedRow, i64, i64, Option<i64>)> = Vec::new();
+        // Update mode: stored sessions that this batch's merges replace under another start.
+        let mut replaced: Vec<(OwnedRow, Session)> = Vec::new();
         let (mut old_at, mut old_group) = (Vec::new(), Vec::new());
         let mut new_rows: Vec<Vec<u32>> = vec![Vec::new(); partial.len()];
         let mut new_group: Vec<Vec<usize>> = vec![Vec::new(); partial.len()];
@@ -341,6 +347,9 @@ impl StatefulOperator for SessionAggregate {
                 for piece in run {
                     match *piece {
                         Piece::Old(s) => {
+                            if mode == OutputMode::Update && s.start != start {
+                                replaced.push((key.clone(), s));
+                            }
                             old_at.push(s.at);
                             old_group.push(group);
                             self.untrack(&s);
@@ -363,6 +372,7 @@ impl StatefulOperator for SessionAggregate {
             }
         }
         metrics.rows_updated = merged.len() as u64;
+        let mut updated: Vec<(OwnedRow, Session)> = Vec::new();
         if !merged.is_empty() {
             let old_states = gather(&self.states, &old_at, &self.state_schema)?;
             let mut inputs: Vec<(Vec<ArrayRef>, Vec<usize>)> = vec![(old_states, old_group)];
@@ -398,14 +408,18 @@ impl StatefulOperator for SessionAggregate {
                 };
                 self.changed.insert(id, key.clone());
                 self.track(&key, &session);
+                if mode == OutputMode::Update {
+                    updated.push((key.clone(), session));
+                }
                 let list = self.sessions.entry(key).or_default();
                 list.push(session);
                 list.sort_by_key(|s| s.start);
             }
         }
 
-        // Emit: complete mode everything; append mode the sessions the watermark closed.
-        let mut picked: Vec<(OwnedRow, Session)> = Vec::new();
+        // Emit: complete mode everything; update mode the sessions this batch created, grew or
+        // merged; append mode the sessions the watermark closed.
+        let mut picked: Vec<(OwnedRow, Session)> = updated;
         match (mode, close_watermark) {
             (OutputMode::Complete, _) => {
                 for (key, list) in &self.sessions {
@@ -442,7 +456,9 @@ impl StatefulOperator for SessionAggregate {
             }
             _ => {}
         }
-        let output = self.emit(&picked)?;
+        // Emitted before compacting: the replaced sessions' states are in superseded rows.
+        let rows = self.emit(&picked)?;
+        let replaced = self.emit(&replaced)?;
         let live = self.closing.len();
         if self.state_rows > 4096 && self.state_rows > 2 * live {
             self.compact()?;
@@ -452,9 +468,11 @@ impl StatefulOperator for SessionAggregate {
         metrics.memory_bytes = (self.states.iter().map(|b| b.get_array_memory_size()).sum::<usize>()
             + 2 * self.key_bytes
             + live * (std::mem::size_of::<Session>() + 64)) as u64;
-        let output = concat_batches(&self.output_schema, [&output])
-            .map_err(|e| Error::Internal(format!("session output: {e}")))?;
-        Ok((output, metrics))
+        Ok(Emitted {
+            rows,
+            replaced,
+            metrics,
+        })
     }
 
     /// The sessions created or grown since the last call, each a bucket of its own, and the

@@ -10,7 +10,7 @@ use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 
-use super::{OperatorMetrics, StatefulOperator};
+use super::{Emitted, OperatorMetrics, StatefulOperator};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
@@ -21,7 +21,7 @@ use crate::state::store::SnapshotJob;
 const PARALLEL_MIN_ROWS: usize = 4096;
 
 /// What one shard's batch gave.
-type ShardResult = Result<(RecordBatch, OperatorMetrics)>;
+type ShardResult = Result<Emitted>;
 
 /// An operator split into shards by key hash.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ impl Sharded {
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
-    ) -> Result<(RecordBatch, OperatorMetrics)> {
+    ) -> Result<Emitted> {
         if self.shards.len() == 1 {
             return self.shards[0].process(input, mode, late_watermark, close_watermark);
         }
@@ -103,16 +103,22 @@ impl Sharded {
                 })
                 .collect()
         });
-        let mut outputs = Vec::with_capacity(results.len());
+        let (mut rows, mut replaced) = (Vec::with_capacity(results.len()), Vec::new());
         let mut metrics = OperatorMetrics::default();
         for result in results {
-            let (output, m) = result?;
-            outputs.push(output);
-            metrics.add(&m);
+            let emitted = result?;
+            rows.push(emitted.rows);
+            replaced.push(emitted.replaced);
+            metrics.add(&emitted.metrics);
         }
-        let schema = outputs[0].schema();
-        let output = concat_batches(&schema, &outputs).map_err(|e| Error::Internal(format!("shard outputs: {e}")))?;
-        Ok((output, metrics))
+        let concat = |batches: Vec<RecordBatch>| {
+            concat_batches(&batches[0].schema(), &batches).map_err(|e| Error::Internal(format!("shard outputs: {e}")))
+        };
+        Ok(Emitted {
+            rows: concat(rows)?,
+            replaced: concat(replaced)?,
+            metrics,
+        })
     }
 
     /// Number of shards.

@@ -178,6 +178,15 @@ impl AggregatePlan {
         }
         found.iter().all(|f| *f).then_some(names)
     }
+
+    /// The output column that is the `session_window` key, if it reaches the output unchanged.
+    pub(crate) fn session_output(&self) -> Option<String> {
+        let session = self.session?;
+        let schema = self.post.schema();
+        (0..schema.fields().len())
+            .find(|index| operator_column(&self.post, *index) == Some(session))
+            .map(|index| schema.field(index).name().clone())
+    }
 }
 
 /// Finds the aggregation over a stream in `analyzed`. Returns the logical batch plan (the
@@ -225,13 +234,6 @@ pub(crate) async fn split(
         ));
     }
     let (event_time, session) = event_time_key(aggregate);
-    if session.is_some() && mode == OutputMode::Update {
-        return Err(Error::plan(
-            "session windows cannot run in output mode 'update': a session's key (its start and end) changes \
-             when sessions merge, so earlier updates could not be replaced; use 'append' (with a watermark) or \
-             'complete'",
-        ));
-    }
     if mode == OutputMode::Append && event_time.is_none() {
         return Err(Error::plan(
             "output mode 'append' emits each group once, when it is final, so it needs an event-time window with a \

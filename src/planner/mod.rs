@@ -197,6 +197,11 @@ impl IncrementalPlan {
         self.aggregate.as_ref().and_then(AggregatePlan::output_keys)
     }
 
+    /// The output column that is a session window key; see [`AggregatePlan::session_output`].
+    pub(crate) fn session_output(&self) -> Option<String> {
+        self.aggregate.as_ref().and_then(AggregatePlan::session_output)
+    }
+
     /// The output schema of the whole query.
     pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
         match &self.aggregate {

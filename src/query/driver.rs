@@ -346,14 +346,18 @@ impl Driver {
                     let rows = match (operator.as_mut(), self.plan.aggregate()) {
                         (Some(operator), Some(aggregate)) => {
                             let partial = collect(bound, self.state.task_ctx()).await?;
-                            let (emitted, metrics) = operator.process(
+                            let emitted = operator.process(
                                 &partial,
                                 self.output_mode,
                                 watermarks.previous,
                                 watermarks.current,
                             )?;
-                            operator_metrics = Some(metrics);
-                            let output = execute_stream(aggregate.bind_post(emitted)?, self.state.task_ctx())?;
+                            operator_metrics = Some(emitted.metrics);
+                            let output = execute_stream(aggregate.bind_post(emitted.rows)?, self.state.task_ctx())?;
+                            let replaced = match emitted.replaced.num_rows() {
+                                0 => Vec::new(),
+                                _ => collect(aggregate.bind_post(emitted.replaced)?, self.state.task_ctx()).await?,
+                            };
                             wal_commit = wait_for_offsets(logging.take()).await?;
                             // The state's changes are written after the batch, with its commit.
                             changes = match &store {
@@ -367,7 +371,9 @@ impl Driver {
                                     None
                                 }
                             };
-                            self.sink.add_batch(batch_id, self.output_mode, output).await?
+                            self.sink
+                                .add_batch_replacing(batch_id, self.output_mode, output, replaced)
+                                .await?
                         }
                         _ => {
                             let output = execute_stream(bound, self.state.task_ctx())?;

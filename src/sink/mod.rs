@@ -63,4 +63,23 @@ pub trait Sink: Send + Sync + Debug {
     /// Writes batch `batch_id`'s output and returns the number of rows written. Called once per
     /// batch in order, and again with the same id and rows when a batch is replayed.
     async fn add_batch(&self, batch_id: u64, mode: OutputMode, data: SendableRecordBatchStream) -> Result<u64>;
+
+    /// Like [`add_batch`](Sink::add_batch), with the rows of earlier batches that this batch's
+    /// rows replace under another key, as they were written then. Only update mode has them, for
+    /// session windows: a session is identified by its start, and a batch that merges sessions
+    /// (or moves a session's start earlier) replaces the rows of the sessions it absorbed.
+    ///
+    /// The default ignores `replaced` and calls `add_batch`: a sink that appends every update, as
+    /// Spark's update mode does, keeps the earlier rows. A sink that keeps one row per key (the
+    /// database sink) deletes them in the same transaction as the batch's rows.
+    async fn add_batch_replacing(
+        &self,
+        batch_id: u64,
+        mode: OutputMode,
+        data: SendableRecordBatchStream,
+        replaced: Vec<datafusion::arrow::array::RecordBatch>,
+    ) -> Result<u64> {
+        let _ = replaced;
+        self.add_batch(batch_id, mode, data).await
+    }
 }

@@ -202,3 +202,79 @@ async fn explain_shows_the_batch_plan_the_operator_and_the_post_plan() {
     assert!(plan.contains("== Post plan =="), "{plan}");
     query.stop().await.unwrap();
 }
+
+/// Spark's watermark boundary, per batch, over files and restarts (EventTimeWatermarkSuite's
+/// "append mode" input: 10 s watermark, 5 s windows, event times `10..=15`, then `25`, then `10`).
+///
+/// A window ending exactly at the watermark is closed (`end <= watermark`). Which rows still count
+/// in it depends on the batches, as in Spark 3.4+: a batch drops rows as late with the watermark
+/// the batch before it closed windows with.
+#[tokio::test]
+async fn a_window_ending_at_the_watermark_closes_and_later_rows_for_it_are_late() {
+    let files = [
+        ("0.json", &[10, 11, 12, 13, 14, 15][..]),
+        ("1.json", &[25][..]),
+        ("2.json", &[10][..]),
+    ];
+    let write = |dir: &std::path::Path, name: &str, seconds: &[i64]| {
+        let lines: Vec<String> = seconds
+            .iter()
+            .map(|s| format!("{{\"t\": \"1970-01-01T00:00:{s:02}\"}}\n"))
+            .collect();
+        drop_file(dir, name, lines.concat().as_bytes());
+    };
+    let run = |input: &std::path::Path, checkpoint: &std::path::Path, trigger: &str| {
+        format!(
+            "CREATE TABLE e (t TIMESTAMP, WATERMARK FOR t AS t - INTERVAL '10' SECOND)
+               WITH (connector = 'files', format = 'json', path = '{}', max_files_per_trigger = '1');
+             CREATE TABLE out WITH (connector = 'memory', output_mode = 'append', trigger = '{trigger}',
+               checkpoint_location = '{}');
+             INSERT INTO out SELECT CAST(extract(epoch FROM w.start) AS BIGINT) AS start, count(*) AS n
+             FROM (SELECT window(t, '5 seconds') AS w FROM e) GROUP BY w",
+            input.display(),
+            checkpoint.display()
+        )
+    };
+
+    // All three files at once, one per batch: the `10` arrives in the batch right after the one
+    // that moved the watermark to 15, before a no-data batch could close [10, 15). It drops late
+    // rows with the watermark batch 1 closed with (5), so it counts, and the window closes with 6.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, checkpoint) = (dir.path().join("in"), dir.path().join("cp"));
+    std::fs::create_dir(&input).unwrap();
+    for (name, seconds) in files {
+        write(&input, name, seconds);
+    }
+    let session = StreamingSession::new();
+    let query = start(&session, &run(&input, &checkpoint, "available_now")).await;
+    assert!(query.await_termination(None).await.unwrap());
+    assert_eq!(query_rows(&session, "SELECT * FROM out").await, ["10|6"]);
+
+    // One file per run, restarted from the checkpoint each time. A `once` run takes one batch and
+    // no no-data batch. A run with no new file runs the no-data batch the moved watermark is owed,
+    // which closes [10, 15) with 5 rows; the `10` of the next run is late and dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, checkpoint) = (dir.path().join("in"), dir.path().join("cp"));
+    std::fs::create_dir(&input).unwrap();
+    let mut emitted = Vec::new();
+    let mut dropped = 0;
+    let runs = [Some(files[0]), Some(files[1]), None, Some(files[2])];
+    for (i, file) in runs.into_iter().enumerate() {
+        let trigger = if i < 2 { "once" } else { "available_now" };
+        if let Some((name, seconds)) = file {
+            write(&input, name, seconds);
+        }
+        let session = StreamingSession::new();
+        let query = start(&session, &run(&input, &checkpoint, trigger)).await;
+        assert!(query.await_termination(None).await.unwrap());
+        emitted.extend(query_rows(&session, "SELECT * FROM out").await);
+        dropped += query
+            .recent_progress()
+            .iter()
+            .flat_map(|p| p.state_operators.iter())
+            .map(|s| s.num_rows_dropped_by_watermark)
+            .sum::<u64>();
+    }
+    assert_eq!(emitted, ["10|5"]);
+    assert_eq!(dropped, 1);
+}

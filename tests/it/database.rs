@@ -369,6 +369,109 @@ async fn append_mode_writes_each_closed_hourly_window_once() {
     }
 }
 
+/// Session windows in update mode: the table holds each phone's current sessions. A batch that
+/// merges two sessions, or moves a session's start earlier, deletes the row of the session it
+/// replaced; a restart from the checkpoint in the middle keeps doing so. Once with the session
+/// struct in the output (the key is the phone and the session's start, found by the sink), once
+/// with start and end projected and the key given.
+#[tokio::test]
+async fn update_mode_sessions_replace_the_rows_of_the_sessions_they_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(&dir).await {
+        let ts = |t: &str| match db.kind {
+            Kind::MySql => format!("2026-01-01 {t}.000000"),
+            _ => format!("2026-01-01 {t}"),
+        };
+        let forms = [
+            (
+                "SELECT phone, session_window(time, '30 minutes') AS s, count(*) AS n FROM taps
+                 GROUP BY phone, session_window(time, '30 minutes')",
+                "",
+                ["phone", "s_start", "s_end", "n"],
+            ),
+            (
+                "SELECT phone, s['start'] AS started, s['end'] AS ended, n FROM (SELECT phone,
+                 session_window(time, '30 minutes') AS s, count(*) AS n FROM taps
+                 GROUP BY phone, session_window(time, '30 minutes'))",
+                ", key = 'phone, started'",
+                ["phone", "started", "ended", "n"],
+            ),
+        ];
+        for (select, key, columns) in forms {
+            let table = unique("sessions");
+            let checkpoint = dir.path().join(unique("cp"));
+            let script = format!(
+                "CREATE TABLE taps (phone INT, time TIMESTAMP) WITH (connector = 'memory');
+                 CREATE TABLE sessions WITH (connector = 'database', url = '{}', table = '{table}',
+                   output_mode = 'update', checkpoint_location = '{}'{key});
+                 INSERT INTO sessions {select}",
+                db.url,
+                checkpoint.display()
+            );
+            let batches: [(&[&str], Vec<String>); 4] = [
+                (
+                    &[
+                        r#"{"phone": 1, "time": "2026-01-01T10:00:00"}"#,
+                        r#"{"phone": 1, "time": "2026-01-01T11:00:00"}"#,
+                        r#"{"phone": 2, "time": "2026-01-01T10:00:00"}"#,
+                    ],
+                    vec![
+                        format!("1|{}|{}|1", ts("10:00:00"), ts("10:30:00")),
+                        format!("1|{}|{}|1", ts("11:00:00"), ts("11:30:00")),
+                        format!("2|{}|{}|1", ts("10:00:00"), ts("10:30:00")),
+                    ],
+                ),
+                // 10:20 and 10:45 bridge phone 1's sessions: the 11:00 one is merged away.
+                (
+                    &[
+                        r#"{"phone": 1, "time": "2026-01-01T10:20:00"}"#,
+                        r#"{"phone": 1, "time": "2026-01-01T10:45:00"}"#,
+                    ],
+                    vec![
+                        format!("1|{}|{}|4", ts("10:00:00"), ts("11:30:00")),
+                        format!("2|{}|{}|1", ts("10:00:00"), ts("10:30:00")),
+                    ],
+                ),
+                // After the restart: 09:40 moves the session's start earlier.
+                (
+                    &[r#"{"phone": 1, "time": "2026-01-01T09:40:00"}"#],
+                    vec![
+                        format!("1|{}|{}|5", ts("09:40:00"), ts("11:30:00")),
+                        format!("2|{}|{}|1", ts("10:00:00"), ts("10:30:00")),
+                    ],
+                ),
+                (
+                    &[r#"{"phone": 2, "time": "2026-01-01T12:00:00"}"#],
+                    vec![
+                        format!("1|{}|{}|5", ts("09:40:00"), ts("11:30:00")),
+                        format!("2|{}|{}|1", ts("10:00:00"), ts("10:30:00")),
+                        format!("2|{}|{}|1", ts("12:00:00"), ts("12:30:00")),
+                    ],
+                ),
+            ];
+            let mut session = StreamingSession::new();
+            let mut query = start(&session, &script).await;
+            for (i, (taps, expected)) in batches.into_iter().enumerate() {
+                if i == 2 {
+                    stop(query).await;
+                    session = StreamingSession::new();
+                    query = start(&session, &script).await;
+                }
+                push_json(&session, "taps", taps);
+                query.process_all_available().await.unwrap();
+                assert_eq!(
+                    db.content(&table, &columns).await,
+                    expected,
+                    "{:?} {select}, batch {i}",
+                    db.kind
+                );
+            }
+            stop(query).await;
+            db.drop_table(&table).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn complete_mode_replaces_the_table_with_the_current_top_two() {
     let dir = tempfile::tempdir().unwrap();

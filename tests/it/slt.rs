@@ -1,9 +1,11 @@
-//! SQL semantics as data: every `tests/slt/*.slt` file runs through the sqllogictest runner.
+//! SQL semantics as data: every `.slt` file under `tests/slt/` runs through the sqllogictest runner.
 //!
 //! Before each statement, every running query processes all input pushed so far, so a file reads
 //! as "push rows (INSERT INTO a memory stream), then look at the sink". Rewrite the expected
 //! results after a deliberate change with `TIDEWATER_SLT_COMPLETE=1 cargo test slt` and review
-//! the diff.
+//! the diff; `TIDEWATER_SLT=<part of a path>` runs only the matching files.
+
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use sqllogictest::{DBOutput, DefaultColumnType};
@@ -49,13 +51,13 @@ impl sqllogictest::AsyncDB for Tidewater {
 
 #[tokio::test]
 async fn slt() {
-    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/slt")).unwrap();
-    let mut paths: Vec<_> = files
-        .map(|f| f.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
-        .collect();
+    let mut paths = Vec::new();
+    slt_files(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/slt")), &mut paths);
     paths.sort();
     assert!(!paths.is_empty(), "no .slt files found");
+    // `TIDEWATER_SLT=<part of a path>` runs only the files whose path contains it.
+    let only = std::env::var("TIDEWATER_SLT").unwrap_or_default();
+    paths.retain(|p| p.to_string_lossy().contains(&only));
     let complete = std::env::var_os("TIDEWATER_SLT_COMPLETE").is_some();
     for path in paths {
         let mut runner = sqllogictest::Runner::new(|| async {
@@ -79,6 +81,18 @@ async fn slt() {
                 .run_file_async(&path)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
+
+/// Every `.slt` file under `dir`, its subdirectories included.
+fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            slt_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "slt") {
+            out.push(path);
         }
     }
 }

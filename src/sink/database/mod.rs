@@ -62,6 +62,9 @@ pub(crate) struct DatabaseSinkConfig {
     /// The output columns that are the query's grouping keys (before flattening), when all are in
     /// the output: the key when the option is not given.
     pub(crate) grouping_key: Option<Vec<String>>,
+    /// The output column of `grouping_key` that is a session window: only its start is part of
+    /// the key, since a session grows at its end and is identified by its start.
+    pub(crate) session_key: Option<String>,
     /// The query's output schema.
     pub(crate) schema: SchemaRef,
     /// The query's output mode.
@@ -89,6 +92,9 @@ pub(crate) struct DatabaseSink {
     insert: InsertStatement,
     /// The upsert on the key, when there is a key.
     upsert: Option<InsertStatement>,
+    /// Deletes the rows of given keys, when there is a key: rows that a batch replaces under
+    /// another key (merged sessions).
+    delete: Option<InsertStatement>,
     commits: CommitStatements,
     /// `DELETE FROM <table>`, for complete mode.
     delete_all: String,
@@ -240,6 +246,7 @@ impl DatabaseSink {
             upsert: key_names
                 .as_deref()
                 .map(|key| insert_statement(dialect, &table, &columns, Some(key))),
+            delete: (!key.is_empty()).then(|| delete_statement(dialect, &table, &columns, &key)),
             commits: dialect.commit_statements(),
             delete_all: format!("DELETE FROM {}", dialect.quote(&table)),
             database,
@@ -462,8 +469,27 @@ impl Sink for DatabaseSink {
     }
 
     async fn add_batch(&self, batch_id: u64, mode: OutputMode, data: SendableRecordBatchStream) -> Result<u64> {
+        self.add_batch_replacing(batch_id, mode, data, Vec::new()).await
+    }
+
+    /// Deletes the rows of the replaced rows' keys, then writes the batch, in one transaction.
+    async fn add_batch_replacing(
+        &self,
+        batch_id: u64,
+        mode: OutputMode,
+        data: SendableRecordBatchStream,
+        replaced: Vec<RecordBatch>,
+    ) -> Result<u64> {
         let batches: Vec<RecordBatch> = data.try_collect().await.map_err(Error::from_datafusion)?;
         let (columns, rows) = self.convert(&batches, batch_id)?;
+        let (replaced, replaced_rows) = self.convert(&replaced, batch_id)?;
+        // The key's columns, in table order as the delete statement lists them.
+        let replaced: Vec<Values> = replaced
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| self.key.contains(i))
+            .map(|(_, values)| values)
+            .collect();
         let statement = match mode {
             OutputMode::Update => self.upsert.as_ref().ok_or_else(|| {
                 Error::Internal(format!(
@@ -484,6 +510,9 @@ impl Sink for DatabaseSink {
             rows_per_statement: self.rows_per_statement(&columns, rows),
             columns: &columns,
             rows,
+            delete: self.delete.as_ref().filter(|_| replaced_rows > 0),
+            replaced: &replaced,
+            replaced_rows,
         };
         let start = Instant::now();
         // Set once a try recorded the batch in its transaction: if a later try finds it recorded,
@@ -577,7 +606,12 @@ fn resolve_key(
     let mut key = Vec::new();
     for field in config.schema.fields().iter().filter(|f| grouping.contains(f.name())) {
         let schema = datafusion::arrow::datatypes::Schema::new(vec![field.as_ref().clone()]);
-        key.extend(flatten_schema(&schema).into_iter().map(|(n, _)| n));
+        let flat = flatten_schema(&schema).into_iter().map(|(n, _)| n);
+        match config.session_key.as_ref() == Some(field.name()) {
+            // A session window flattens to its start and end; the start identifies it.
+            true => key.extend(flat.take(1)),
+            false => key.extend(flat),
+        }
     }
     if key.is_empty() {
         return Err("update mode needs a key: give it with option 'key'".into());
@@ -597,45 +631,82 @@ fn insert_statement(
     let tail = key.map(|key| dialect.upsert_clause(&names, key)).unwrap_or_default();
     let kinds: Vec<Kind> = columns.iter().map(|(_, k)| *k).collect();
     match dialect {
-        Dialect::Postgres => {
-            let rows = dialect.quote("tidewater_rows");
-            let aliases: Vec<String> = (1..=kinds.len()).map(|i| dialect.quote(&format!("c{i}"))).collect();
-            let arrays: Vec<String> = kinds
-                .iter()
-                .enumerate()
-                .map(|(i, k)| format!("CAST(${} AS {})", i + 1, Dialect::pg_array_type(*k)))
-                .collect();
-            let select: Vec<String> = kinds
-                .iter()
-                .zip(&aliases)
-                .map(|(kind, alias)| match kind {
-                    Kind::Null => "NULL".to_string(),
-                    Kind::Decimal { .. }
-                    | Kind::Int {
-                        bits: 64,
-                        signed: false,
-                    } => {
-                        format!("CAST({rows}.{alias} AS NUMERIC)")
-                    }
-                    _ => format!("{rows}.{alias}"),
-                })
-                .collect();
-            InsertStatement {
-                head: format!(
-                    "INSERT INTO {} ({list}) SELECT {} FROM UNNEST({}) AS {rows} ({})",
-                    dialect.quote(table),
-                    select.join(", "),
-                    arrays.join(", "),
-                    aliases.join(", ")
-                ),
-                row: String::new(),
-                tail,
-            }
-        }
+        Dialect::Postgres => InsertStatement {
+            head: format!("INSERT INTO {} ({list}) {}", dialect.quote(table), pg_unnest(&kinds)),
+            row: String::new(),
+            tail,
+        },
         Dialect::Sqlite | Dialect::MySql => InsertStatement {
             head: format!("INSERT INTO {} ({list}) VALUES ", dialect.quote(table)),
             row: format!("({})", vec!["?"; kinds.len()].join(", ")),
             tail,
+        },
+    }
+}
+
+/// `SELECT ... FROM UNNEST($1, $2, ...)`: PostgreSQL's rows of one array parameter per column,
+/// each cast to the column's array type and its values to the column's type.
+fn pg_unnest(kinds: &[Kind]) -> String {
+    let dialect = Dialect::Postgres;
+    let rows = dialect.quote("tidewater_rows");
+    let aliases: Vec<String> = (1..=kinds.len()).map(|i| dialect.quote(&format!("c{i}"))).collect();
+    let arrays: Vec<String> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("CAST(${} AS {})", i + 1, Dialect::pg_array_type(*k)))
+        .collect();
+    let select: Vec<String> = kinds
+        .iter()
+        .zip(&aliases)
+        .map(|(kind, alias)| match kind {
+            Kind::Null => "NULL".to_string(),
+            Kind::Decimal { .. }
+            | Kind::Int {
+                bits: 64,
+                signed: false,
+            } => {
+                format!("CAST({rows}.{alias} AS NUMERIC)")
+            }
+            _ => format!("{rows}.{alias}"),
+        })
+        .collect();
+    format!(
+        "SELECT {} FROM UNNEST({}) AS {rows} ({})",
+        select.join(", "),
+        arrays.join(", "),
+        aliases.join(", ")
+    )
+}
+
+/// The statement that deletes the rows whose key (the columns at positions `key` of `columns`)
+/// is one of the bound rows': `DELETE FROM t WHERE (k1, k2) IN (...)`, the key's columns bound in
+/// table order, as [`insert_statement`] binds rows.
+fn delete_statement(dialect: Dialect, table: &str, columns: &[(String, Kind)], key: &[usize]) -> InsertStatement {
+    let key: Vec<&(String, Kind)> = columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| key.contains(i))
+        .map(|(_, c)| c)
+        .collect();
+    let names = key.iter().map(|(n, _)| dialect.quote(n)).collect::<Vec<_>>().join(", ");
+    let head = format!("DELETE FROM {} WHERE ({names}) IN (", dialect.quote(table));
+    let kinds: Vec<Kind> = key.iter().map(|(_, k)| *k).collect();
+    match dialect {
+        Dialect::Postgres => InsertStatement {
+            head: format!("{head}{})", pg_unnest(&kinds)),
+            row: String::new(),
+            tail: String::new(),
+        },
+        // SQLite compares row values only with a subquery: `IN (VALUES (?, ?), ...)`.
+        Dialect::Sqlite => InsertStatement {
+            head: format!("{head}VALUES "),
+            row: format!("({})", vec!["?"; kinds.len()].join(", ")),
+            tail: ")".into(),
+        },
+        Dialect::MySql => InsertStatement {
+            head,
+            row: format!("({})", vec!["?"; kinds.len()].join(", ")),
+            tail: ")".into(),
         },
     }
 }

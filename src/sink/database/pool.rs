@@ -86,6 +86,12 @@ pub(crate) struct Job<'a> {
     pub(crate) rows: usize,
     /// Rows per insert statement.
     pub(crate) rows_per_statement: usize,
+    /// The delete by key, when rows of earlier batches are replaced.
+    pub(crate) delete: Option<&'a InsertStatement>,
+    /// The keys of the replaced rows, one entry per key column.
+    pub(crate) replaced: &'a [Values],
+    /// Rows in `replaced`.
+    pub(crate) replaced_rows: usize,
 }
 
 impl Pools {
@@ -210,14 +216,31 @@ async fn write_in_transaction<DB: Backend>(
         DB::execute(&mut tx, job.delete_all).await?;
     }
     let mut affected = 0;
-    let mut start = 0;
-    while start < job.rows {
-        let end = (start + job.rows_per_statement).min(job.rows);
-        affected += DB::insert(&mut tx, job.statement, job.columns, start..end).await?;
-        start = end;
+    if let Some(delete) = job.delete {
+        // Keys are a part of a row: the insert's chunk size fits them too.
+        affected += in_chunks::<DB>(&mut tx, delete, job.replaced, job.replaced_rows, job.rows_per_statement).await?;
     }
+    affected += in_chunks::<DB>(&mut tx, job.statement, job.columns, job.rows, job.rows_per_statement).await?;
     tx.commit().await?;
     Ok(Written::Rows(affected))
+}
+
+/// Runs `statement` over rows `0..rows` of `columns` in chunks of at most `chunk` rows; returns
+/// the rows affected.
+async fn in_chunks<DB: Backend>(
+    conn: &mut DB::Connection,
+    statement: &InsertStatement,
+    columns: &[Values],
+    rows: usize,
+    chunk: usize,
+) -> std::result::Result<u64, sqlx::Error> {
+    let (mut affected, mut start) = (0, 0);
+    while start < rows {
+        let end = (start + chunk.max(1)).min(rows);
+        affected += DB::insert(conn, statement, columns, start..end).await?;
+        start = end;
+    }
+    Ok(affected)
 }
 
 /// A pool on `url` for the sink of `table`, connecting when first used (a missing SQLite file is

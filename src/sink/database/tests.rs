@@ -48,6 +48,7 @@ fn config(url: &str, table: &str, mode: OutputMode, query_id: &str) -> DatabaseS
         table: table.to_string(),
         key: Some(vec!["word".to_string()]),
         grouping_key: None,
+        session_key: None,
         schema: schema(),
         output_mode: mode,
         query_id: query_id.to_string(),
