@@ -41,9 +41,20 @@ fn batch(rows: &[Row]) -> RecordBatch {
     .unwrap()
 }
 
+/// An event time in minutes: anywhere, or exactly on a window end (a whole hour), or where it
+/// moves the watermark exactly onto one (a whole hour plus the delay), the boundaries where
+/// `end <= watermark` decides.
+fn minute() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        2 => 0..600i64,
+        1 => (0..10i64).prop_map(|h| h * 60),
+        1 => (0..10i64).prop_map(|h| h * 60 + DELAY_MINUTES),
+    ]
+}
+
 /// Rows, and the sizes of the micro-batches they are cut into.
 fn rows_and_cuts() -> impl Strategy<Value = (Vec<Row>, Vec<usize>)> {
-    let row = (0..4i32, 0..600i64, -50..50i32);
+    let row = (0..4i32, minute(), -50..50i32);
     prop::collection::vec(row, 1..60).prop_flat_map(|rows| {
         let n = rows.len();
         (Just(rows), prop::collection::vec(0..=n, 0..8))
@@ -174,6 +185,44 @@ proptest! {
                 .sum();
             assert_eq!(reported, dropped);
             query.stop().await.unwrap();
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Session windows in update mode, written to a database: the sink upserts each session on
+    /// its key and start and deletes the sessions merges replace, so the table ends as the batch
+    /// query's sessions, however the rows were cut and whatever merged when.
+    #[test]
+    fn session_updates_in_a_database_equal_the_batch_sessions((rows, cuts) in rows_and_cuts()) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("out.db").display());
+            let session = StreamingSession::new();
+            let query = start(&session, &format!(
+                "CREATE TABLE events (k INT, time TIMESTAMP, v INT) WITH (connector = 'memory');
+                 CREATE TABLE sessions WITH (connector = 'database', url = '{url}', table = 'sessions',
+                   output_mode = 'update', state_partitions = '2', checkpoint_location = '{}');
+                 INSERT INTO sessions {}", dir.path().join("cp").display(), SESSIONS.replace("{}", "events")
+            )).await;
+            run_batches(&session, std::slice::from_ref(&query), &cut(&rows, &cuts)).await;
+            query.stop().await.unwrap();
+
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            let table: Vec<(i64, String, String, i64, i64)> =
+                sqlx::query_as("SELECT k, s_start, s_end, n, total FROM sessions").fetch_all(&pool).await.unwrap();
+            let table: Vec<String> = table
+                .into_iter()
+                .map(|(k, start, end, n, total)| format!("{k}|{start}|{end}|{n}|{total}").replace(' ', "T"))
+                .collect();
+            session.context().register_batch("all_rows", batch(&rows)).unwrap();
+            let expected = query_rows(&session, &format!(
+                "SELECT k, s['start'], s['end'], n, total FROM ({})", SESSIONS.replace("{}", "all_rows")
+            )).await;
+            assert_eq!(sorted(table), sorted(expected));
         });
     }
 }
