@@ -108,6 +108,10 @@ impl StreamingSession {
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::SessionWindow::new()));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sliding::SlidingWindows));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sessions::StaticSessionWindows));
+        // This rule drops grouping keys computed from other keys (`GROUP BY v, v + 1`) and computes
+        // them above the aggregation. A streaming aggregation's state and output are keyed by the
+        // grouping keys as written, so its plan must keep them all.
+        ctx.remove_optimizer_rule("eliminate_group_by_constant");
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             tracing::warn!(error = %e, "JSON functions unavailable");
         }

@@ -9,7 +9,8 @@
 //!
 //! Groups are kept per window end ("bucket"), so closing a window drops its whole table at once.
 //! A row whose window had already closed when the batch started (end at or before the previous
-//! batch's watermark) is dropped and counted, as in Spark; so is a row without event time.
+//! batch's watermark) is dropped and counted, as in Spark, except in complete mode, which keeps
+//! every window; a row without event time is dropped and counted too.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ impl StatefulOperator for StatefulAggregate {
         let mut metrics = OperatorMetrics::default();
         let key_count = self.key_schema.fields().len();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
+        // Complete mode keeps every window, so no row is too late for it (as in Spark).
+        let late_watermark = late_watermark.filter(|_| mode != OutputMode::Complete);
         // Rows `(batch, row)` of each bucket, leaving out late rows and rows without event time.
         let mut by_bucket: BTreeMap<i64, Vec<(usize, usize)>> = BTreeMap::new();
         for (index, batch) in partial.iter().enumerate() {

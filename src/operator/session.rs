@@ -1,12 +1,13 @@
 //! Session windows: `GROUP BY key, session_window(time, gap)`.
 //!
 //! # Background
-//! A session is a run of rows of one key where each row comes less than `gap` after the previous
-//! one; it spans `[first time, last time + gap)`. Sessions grow, and merge when a row bridges two
+//! A session is a run of rows of one key where each row comes at most `gap` after the previous
+//! one; it spans `[first time, last time + gap)`, and spans that overlap or touch are one session,
+//! as in Spark. Sessions grow, and merge when a row bridges two
 //! of them, so their keys change as data arrives: that is why they get their own state instead of
 //! the [`GroupTable`](crate::state::GroupTable) of fixed keys. Each row enters as a piece
 //! `[time, time + gap)` (DataFusion's partial aggregation pre-merges rows with equal times); per
-//! key, the pieces and the stored sessions are sorted and overlapping ones merged, their states
+//! key, the pieces and the stored sessions are sorted and those that meet merged, their states
 //! merged by fresh accumulators, as for other windows. A session is final when the watermark passes
 //! its end: append mode emits it then and forgets it; complete mode emits every session each batch;
 //! update mode emits the sessions a batch created, grew or merged, and forgets final ones silently.
@@ -21,10 +22,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StructArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, NullArray, RecordBatch, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+use datafusion::arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
 use datafusion::logical_expr::EmitTo;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
@@ -54,7 +55,7 @@ pub(crate) struct SessionAggregate {
     session_column: usize,
     key_count: usize,
     /// Encodes the other group columns; shared with snapshot work on another thread.
-    converter: Arc<RowConverter>,
+    converter: KeyCodec,
     state_schema: SchemaRef,
     output_schema: SchemaRef,
     /// Sessions by key (the other group columns, row-encoded), sorted by start.
@@ -121,9 +122,7 @@ impl SessionAggregate {
             aggregates: Aggregates::try_new(exprs)?,
             session_column,
             key_count,
-            converter: Arc::new(
-                RowConverter::new(other_keys).map_err(|e| Error::Internal(format!("session keys: {e}")))?,
-            ),
+            converter: KeyCodec::try_new(other_keys)?,
             state_schema: Arc::new(Schema::new(fields[key_count..fields.len() - 1].to_vec())),
             output_schema,
             sessions: HashMap::new(),
@@ -149,10 +148,7 @@ impl SessionAggregate {
     /// Output rows for `(key, session)` pairs.
     fn emit(&self, picked: &[(OwnedRow, Session)]) -> Result<RecordBatch> {
         let internal = |e: datafusion::arrow::error::ArrowError| Error::Internal(format!("session output: {e}"));
-        let mut keys = self
-            .converter
-            .convert_rows(picked.iter().map(|(k, _)| k.row()))
-            .map_err(internal)?;
+        let mut keys = self.converter.decode(picked.iter().map(|(k, _)| k.row()))?;
         let DataType::Struct(fields) = self.output_schema.field(self.session_column).data_type().clone() else {
             return Err(Error::Internal("session_window column is not a struct".into()));
         };
@@ -206,7 +202,7 @@ impl SessionAggregate {
 
     fn layout(&self) -> FileLayout {
         FileLayout {
-            converter: Arc::clone(&self.converter),
+            converter: self.converter.clone(),
             file_schema: Arc::clone(&self.file_schema),
             state_schema: Arc::clone(&self.state_schema),
         }
@@ -227,9 +223,56 @@ impl SessionAggregate {
     }
 }
 
+/// Row-encodes the group keys other than the session window (shared with snapshot work on another
+/// thread). A query may group by the session window alone; arrow's row format needs a column, so
+/// then a null column stands in for the key, and decoding leaves it out again.
+#[derive(Clone)]
+struct KeyCodec {
+    converter: Arc<RowConverter>,
+    /// No key besides the session window.
+    none: bool,
+}
+
+impl KeyCodec {
+    fn try_new(fields: Vec<SortField>) -> Result<Self> {
+        let none = fields.is_empty();
+        let fields = match none {
+            true => vec![SortField::new(DataType::Null)],
+            false => fields,
+        };
+        let converter = RowConverter::new(fields).map_err(|e| Error::Internal(format!("session keys: {e}")))?;
+        Ok(KeyCodec {
+            converter: Arc::new(converter),
+            none,
+        })
+    }
+
+    /// The keys of `rows` rows, from their key columns.
+    fn encode(&self, columns: &[ArrayRef], rows: usize) -> Result<Rows> {
+        let stand_in: [ArrayRef; 1] = [Arc::new(NullArray::new(rows))];
+        let columns = if self.none { &stand_in[..] } else { columns };
+        self.converter
+            .convert_columns(columns)
+            .map_err(|e| Error::Internal(format!("session keys: {e}")))
+    }
+
+    /// The key columns of `rows`.
+    fn decode<'a>(&self, rows: impl IntoIterator<Item = Row<'a>>) -> Result<Vec<ArrayRef>> {
+        let columns = self
+            .converter
+            .convert_rows(rows)
+            .map_err(|e| Error::Internal(format!("session keys: {e}")))?;
+        Ok(if self.none { Vec::new() } else { columns })
+    }
+
+    fn empty_rows(&self, rows: usize, bytes: usize) -> Rows {
+        self.converter.empty_rows(rows, bytes)
+    }
+}
+
 /// How sessions become state-file rows; cheap to clone, for snapshot work on another thread.
 struct FileLayout {
-    converter: Arc<RowConverter>,
+    converter: KeyCodec,
     file_schema: SchemaRef,
     state_schema: SchemaRef,
 }
@@ -238,10 +281,7 @@ impl FileLayout {
     /// Session `i` of `sessions`, whose key is row `i` of `keys` and whose state is in `chunks`,
     /// as row `i`: its id as the bucket, the key, its span, its state.
     fn rows(&self, keys: &Rows, sessions: &[Session], chunks: &[RecordBatch]) -> Result<RecordBatch> {
-        let mut columns = self
-            .converter
-            .convert_rows(keys.iter())
-            .map_err(|e| Error::Internal(format!("session state: {e}")))?;
+        let mut columns = self.converter.decode(keys.iter())?;
         columns.push(Arc::new(Int64Array::from_iter_values(sessions.iter().map(|s| s.start))));
         columns.push(Arc::new(Int64Array::from_iter_values(sessions.iter().map(|s| s.end))));
         let at: Vec<(usize, usize)> = sessions.iter().map(|s| s.at).collect();
@@ -282,6 +322,8 @@ impl StatefulOperator for SessionAggregate {
     ) -> Result<Emitted> {
         let mut metrics = OperatorMetrics::default();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
+        // Complete mode keeps every session, so no row is too late for it (as in Spark).
+        let late_watermark = late_watermark.filter(|_| mode != OutputMode::Complete);
         // New pieces per key.
         let mut pieces: HashMap<OwnedRow, Vec<Piece>> = HashMap::new();
         for (b, batch) in partial.iter().enumerate() {
@@ -291,10 +333,7 @@ impl StatefulOperator for SessionAggregate {
             let nulls = spans.logical_nulls();
             let starts = to_nanos(spans.column(0))?;
             let ends = to_nanos(spans.column(1))?;
-            let keys = self
-                .converter
-                .convert_columns(&self.other_keys(columns))
-                .map_err(|e| Error::Internal(format!("session keys: {e}")))?;
+            let keys = self.converter.encode(&self.other_keys(columns), batch.num_rows())?;
             for row in 0..batch.num_rows() {
                 let rows = counts.value(row) as u64;
                 if nulls.as_ref().is_some_and(|n| n.is_null(row)) {
@@ -332,7 +371,7 @@ impl StatefulOperator for SessionAggregate {
             while first < list.len() {
                 let (start, mut end) = list[first].span();
                 let mut next = first + 1;
-                while next < list.len() && list[next].span().0 < end {
+                while next < list.len() && list[next].span().0 <= end {
                     end = end.max(list[next].span().1);
                     next += 1;
                 }
@@ -530,10 +569,7 @@ impl StatefulOperator for SessionAggregate {
         let columns = file.rows.columns();
         let other = self.key_count - 1;
         // After the bucket and slot columns: the other keys, start, end, the states.
-        let keys = self
-            .converter
-            .convert_columns(&columns[2..2 + other])
-            .map_err(internal)?;
+        let keys = self.converter.encode(&columns[2..2 + other], file.rows.num_rows())?;
         let starts = columns[2 + other].as_primitive::<Int64Type>();
         let ends = columns[3 + other].as_primitive::<Int64Type>();
         for row in 0..file.rows.num_rows() {

@@ -63,6 +63,18 @@ impl AggregatePlan {
         let mut exprs = exec.aggr_expr().to_vec();
         exprs.pop(); // the hidden row count
         let schema = partial.schema();
+        if exec.group_expr().expr().len() != self.key_count
+            || exprs.len() + self.key_count != self.output_schema.fields().len()
+        {
+            return Err(Error::Internal(format!(
+                "the batch plan's aggregation has {} grouping keys and {} aggregates, the query {} keys and \
+                 {} columns: an optimizer rule changed its shape",
+                exec.group_expr().expr().len(),
+                exprs.len(),
+                self.key_count,
+                self.output_schema.fields().len()
+            )));
+        }
         let output = &self.output_schema;
         let operators = (0..shards.max(1))
             .map(|_| -> Result<Box<dyn StatefulOperator>> {

@@ -370,6 +370,21 @@ pub(crate) fn contains_stream(plan: &LogicalPlan) -> bool {
     first_stream(plan).is_some()
 }
 
+/// Whether an expression of `node` holds a subquery that reads a stream.
+fn reads_stream_in_subquery(node: &LogicalPlan) -> datafusion::common::Result<bool> {
+    let mut found = false;
+    node.apply_subqueries(|subquery| {
+        // `contains_stream` looks into the subquery's own subqueries too.
+        found = contains_stream(subquery);
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    Ok(found)
+}
+
 /// Refuses operations that need state across batches and that no operator handles.
 pub(crate) fn check_stateless(plan: &LogicalPlan) -> Result<()> {
     let mut problem = None;
@@ -401,8 +416,19 @@ pub(crate) fn check_stateless(plan: &LogicalPlan) -> Result<()> {
                 (false, false, _) => None,
             },
             LogicalPlan::RecursiveQuery(_) if any => Some("recursive queries over a stream are not supported"),
+            LogicalPlan::Union(_) if any && !streaming.iter().all(|s| *s) => Some(
+                "a UNION of a stream and a static table is not supported: the static rows would be emitted \
+                 again with every batch; union streams with streams (as in Spark)",
+            ),
             _ => None,
         };
+        if problem.is_none() && reads_stream_in_subquery(node)? {
+            problem = Some(
+                "a stream inside a subquery (IN, EXISTS or a scalar subquery) is not supported: its answer \
+                 changes with every batch, so the rows it selects are never final; join the stream with the \
+                 table instead, keeping the stream's side (as in Spark)",
+            );
+        }
         Ok(if problem.is_some() { TreeNodeRecursion::Stop } else { TreeNodeRecursion::Continue })
     })?;
     match problem {

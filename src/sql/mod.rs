@@ -99,6 +99,22 @@ pub(crate) fn split_script(sql: &str) -> Result<Vec<ScriptStatement>> {
     Ok(statements)
 }
 
+/// Stops at a `TABLESAMPLE`.
+struct FindSample;
+
+impl ast::Visitor for FindSample {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, table: &ast::TableFactor) -> std::ops::ControlFlow<()> {
+        match table {
+            ast::TableFactor::Table { sample: Some(_), .. } | ast::TableFactor::Derived { sample: Some(_), .. } => {
+                std::ops::ControlFlow::Break(())
+            }
+            _ => std::ops::ControlFlow::Continue(()),
+        }
+    }
+}
+
 impl ScriptStatement {
     /// Parses the statement.
     pub(crate) fn parse(self) -> Result<Parsed> {
@@ -113,6 +129,14 @@ impl ScriptStatement {
             (Some(s), true) => s,
             _ => return Err(Error::Internal("a split statement parsed as several".into())),
         };
+        if let DfStatement::Statement(s) = &statement
+            && ast::Visit::visit(s.as_ref(), &mut FindSample).is_break()
+        {
+            return Err(Error::plan(
+                "TABLESAMPLE is not supported: DataFusion reads every row of the table, not a sample of \
+                 them; filter with WHERE (e.g. WHERE random() < 0.1) instead",
+            ));
+        }
         let parsed = match statement {
             DfStatement::Statement(boxed) => match *boxed {
                 ast::Statement::CreateTable(create)

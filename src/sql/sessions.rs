@@ -2,7 +2,7 @@
 //!
 //! On a stream, the session operator merges sessions as rows arrive. On a static table the whole
 //! input is there, so an analyzer rule computes sessions with window functions instead: per key,
-//! ordered by time, a row starts a new session when it comes at or after the end (`time + gap`)
+//! ordered by time, a row starts a new session when it comes after the end (`time + gap`)
 //! of every earlier row; a running sum of those starts numbers the sessions; the aggregation
 //! groups by that number and rebuilds `{start, end}` from the first and last time. The same SQL
 //! thus gives the same answer on both.
@@ -99,7 +99,7 @@ fn rewrite(aggregate: Aggregate) -> Result<Transformed<LogicalPlan>> {
         .window(vec![previous_end])?
         .build()?;
     let starts = when(
-        col(PREVIOUS_END).is_null().or(time.clone().gt_eq(col(PREVIOUS_END))),
+        col(PREVIOUS_END).is_null().or(time.clone().gt(col(PREVIOUS_END))),
         lit(1i64),
     )
     .otherwise(lit(0i64))?

@@ -80,6 +80,15 @@ impl Aggregates {
     /// The final values of the groups whose state rows are `states` (one row per group).
     pub(crate) fn evaluate(&self, states: &[ArrayRef]) -> Result<Vec<ArrayRef>> {
         let rows = states.first().map_or(0, |a| a.len());
+        if rows == 0 {
+            // Some accumulators (those DataFusion adapts from row accumulators) cannot emit zero
+            // groups: their values' type comes from the first value.
+            return Ok(self
+                .exprs
+                .iter()
+                .map(|e| datafusion::arrow::array::new_empty_array(e.field().data_type()))
+                .collect());
+        }
         let ids: Vec<usize> = (0..rows).collect();
         self.merge(&[(states, &ids)], rows)?
             .iter_mut()

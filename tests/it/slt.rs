@@ -59,13 +59,15 @@ async fn slt() {
     let only = std::env::var("TIDEWATER_SLT").unwrap_or_default();
     paths.retain(|p| p.to_string_lossy().contains(&only));
     let complete = std::env::var_os("TIDEWATER_SLT_COMPLETE").is_some();
+    // Every file runs; each stops at its first failing record, and the failures are listed at the end.
+    let mut failures = Vec::new();
     for path in paths {
         let mut runner = sqllogictest::Runner::new(|| async {
             Ok(Tidewater {
                 session: StreamingSession::new(),
             })
         });
-        if complete {
+        let result = if complete {
             runner
                 .update_test_file(
                     &path,
@@ -75,14 +77,15 @@ async fn slt() {
                     sqllogictest::default_column_validator,
                 )
                 .await
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                .map_err(|e| e.to_string())
         } else {
-            runner
-                .run_file_async(&path)
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            runner.run_file_async(&path).await.map_err(|e| e.to_string())
+        };
+        if let Err(e) = result {
+            failures.push(format!("{}: {e}", path.display()));
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 /// Every `.slt` file under `dir`, its subdirectories included.
