@@ -541,7 +541,8 @@ pub(crate) fn parse_trigger(text: &str) -> std::result::Result<Trigger, String> 
 /// assert!(parse_duration("1 month").is_err());
 /// ```
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let interval = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text.trim())
+    let text = text.trim();
+    let interval = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text)
         .map_err(|_| format!("'{text}' is not a duration (e.g. '10 seconds', '5 minutes', '1 hour')"))?;
     if interval.months != 0 {
         return Err(format!(

@@ -50,9 +50,12 @@ impl StreamTable {
         if let Some(w) = &watermark {
             let schema = source.schema();
             let field = schema.field_with_name(&w.column).map_err(|_| {
+                let columns: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 crate::error::Error::plan(format!(
-                    "stream '{name}': WATERMARK FOR {}: there is no such column",
-                    w.column
+                    "stream '{name}': WATERMARK FOR {}: there is no such column (unquoted names are in lower \
+                     case); its columns: {}",
+                    w.column,
+                    columns.join(", ")
                 ))
             })?;
             if !matches!(

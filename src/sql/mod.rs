@@ -337,10 +337,14 @@ fn interval_duration(interval: &ast::Interval) -> std::result::Result<Duration, 
         },
         other => other.to_string(),
     };
-    let unit = interval
-        .leading_field
-        .as_ref()
-        .map(|f| f.to_string())
-        .unwrap_or_default();
-    crate::connector::parse_duration(&format!("{amount} {unit}"))
+    let Some(unit) = interval.leading_field.as_ref() else {
+        if amount.trim().parse::<f64>().is_ok() {
+            return Err(format!(
+                "INTERVAL '{}' needs a unit, e.g. INTERVAL '{0}' SECOND",
+                amount.trim()
+            ));
+        }
+        return crate::connector::parse_duration(&amount);
+    };
+    crate::connector::parse_duration(&format!("{} {unit}", amount.trim()))
 }
