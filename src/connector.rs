@@ -3,46 +3,34 @@
 //! SQL (`CREATE TABLE ... WITH (...)`) and the DataFrame API (`.format(..).option(..)`) both end up
 //! here, so both accept the same option names with the same checks. Unknown options and bad values
 //! are refused with an error that names the option and lists what is valid.
+//!
+//! Each source connector reads its own options in its own file (its `CONNECTOR`); the registry
+//! below lists them, so a new source is one file and one line. An unknown connector, or a sink's
+//! used for a stream, is refused with the list of known ones, never taken for another.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::SchemaRef;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+pub(crate) use crate::options::Options;
 use crate::query::Trigger;
 use crate::sink::{OutputMode, SinkFormat};
-use crate::source::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode, MemoryStream, RateSource, Source};
+use crate::source::{MemoryStream, Source, SourceConnector, SourceRequest};
 
-/// A connector's name and the options it accepts.
+/// A sink connector's name and the options it accepts.
 type Connector = (&'static str, &'static [&'static str]);
 
-/// Source connectors and the options each accepts.
-/// The fastest rate source: past this a demo source would only measure the generator.
-const MAX_ROWS_PER_SECOND: usize = 1_000_000_000;
-/// The files source's default for `max_bytes_per_trigger`: a backlog is read in batches of about
-/// this much input, so one batch's decoded rows stay within memory.
-const DEFAULT_MAX_BYTES_PER_TRIGGER: u64 = 1 << 30;
 /// The most rows a console sink prints per batch.
 const MAX_CONSOLE_ROWS: usize = 1_000_000;
 
-const SOURCE_CONNECTORS: &[Connector] = &[
-    (
-        "files",
-        &[
-            "path",
-            "format",
-            "max_files_per_trigger",
-            "max_bytes_per_trigger",
-            "mode",
-            "header",
-            "delimiter",
-            "idle_timeout",
-        ],
-    ),
-    ("memory", &["idle_timeout"]),
-    ("rate", &["rows_per_second", "idle_timeout"]),
+/// Every source connector. A new source is its own file, with its `CONNECTOR`, and one line here.
+const SOURCE_CONNECTORS: &[SourceConnector] = &[
+    crate::source::files::CONNECTOR,
+    crate::source::memory::CONNECTOR,
+    crate::source::rate::CONNECTOR,
+    crate::source::socket::CONNECTOR,
 ];
 
 /// Sink connectors and the options each accepts, besides [`QUERY_OPTIONS`].
@@ -75,45 +63,7 @@ const QUERY_OPTIONS: &[&str] = &[
     "min_batches_to_retain",
 ];
 
-/// Option names are case-insensitive; values are kept as written.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Options {
-    /// Where the options come from, for error messages, e.g. `stream 'events'`.
-    context: String,
-    values: BTreeMap<String, String>,
-}
-
 impl Options {
-    pub(crate) fn new(context: impl Into<String>) -> Self {
-        Options {
-            context: context.into(),
-            values: BTreeMap::new(),
-        }
-    }
-
-    /// Sets option `key`. Spark's camelCase names (`checkpointLocation`, `maxFilesPerTrigger`)
-    /// mean the same as ours (`checkpoint_location`, `max_files_per_trigger`).
-    pub(crate) fn insert(&mut self, key: &str, value: impl Into<String>) {
-        let mut name = String::with_capacity(key.len() + 4);
-        let mut previous = ' ';
-        for c in key.chars() {
-            if c.is_ascii_uppercase() && previous.is_ascii_lowercase() {
-                name.push('_');
-            }
-            name.push(c.to_ascii_lowercase());
-            previous = c;
-        }
-        self.values.insert(name, value.into());
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-
-    fn error(&self, message: impl Into<String>) -> Error {
-        Error::option(self.context.clone(), message)
-    }
-
     /// The `connector` option, checked against `connectors`, with the options that connector takes.
     fn connector(&self, connectors: &[Connector]) -> Result<Connector> {
         let names: Vec<&str> = connectors.iter().map(|(n, _)| *n).collect();
@@ -132,71 +82,16 @@ impl Options {
             })
     }
 
-    /// Refuses options outside `valid`, listing the valid ones.
-    fn check_known(&self, connector: &str, valid: &[&str]) -> Result<()> {
-        for key in self.values.keys() {
-            if key != "connector" && !valid.contains(&key.as_str()) {
-                let mut all: Vec<&str> = std::iter::once("connector").chain(valid.iter().copied()).collect();
-                all.sort_unstable();
-                return Err(self.error(format!(
-                    "unknown option '{key}' for connector '{connector}'; valid options: {}",
-                    all.join(", ")
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn choice<T: Copy>(&self, key: &str, choices: &[(&str, T)]) -> Result<Option<T>> {
-        let Some(value) = self.get(key) else {
-            return Ok(None);
-        };
-        choices
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(value.trim()))
-            .map(|(_, v)| Some(*v))
-            .ok_or_else(|| {
-                let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-                self.error(format!(
-                    "option '{key}' = '{value}' is not valid; one of: {}",
-                    names.join(", ")
-                ))
-            })
-    }
-
-    /// A whole-number option from 1 to `max`: values past what the engine can do are refused
-    /// here, at planning, rather than failing (or allocating without bound) once rows flow.
-    fn positive(&self, key: &str, max: usize) -> Result<Option<usize>> {
-        let Some(value) = self.get(key) else {
-            return Ok(None);
-        };
-        match value.trim().parse::<u128>() {
-            Ok(n) if n > 0 && n <= max as u128 => Ok(usize::try_from(n).ok()),
-            _ => Err(self.error(format!(
-                "option '{key}' = '{}' must be a whole number from 1 to {max}",
-                crate::error::clip(value)
-            ))),
-        }
-    }
-
-    fn boolean(&self, key: &str) -> Result<Option<bool>> {
-        self.choice(key, &[("true", true), ("false", false)])
-    }
-
-    fn required(&self, key: &str) -> Result<&str> {
-        self.get(key)
-            .ok_or_else(|| self.error(format!("option '{key}' is required")))
-    }
-}
-
-impl Options {
-    /// Whether a `CREATE TABLE ... WITH` declares a sink rather than a stream: a console table is
-    /// a sink and a rate table a stream; otherwise a table with columns is a stream and one
-    /// without is a sink (its columns are those of the query writing to it).
+    /// Whether a `CREATE TABLE ... WITH` declares a sink rather than a stream: a table of a
+    /// connector that is only a source (rate, socket) is a stream; otherwise a table with columns
+    /// is a stream and one without is a sink (its columns are those of the query writing to it).
     pub(crate) fn is_sink(&self, has_columns: bool) -> bool {
-        match self.get("connector").map(|c| c.trim().to_ascii_lowercase()) {
-            Some(c) if c == "console" => true,
-            Some(c) if c == "rate" => false,
+        let Some(given) = self.get("connector").map(str::trim) else {
+            return !has_columns;
+        };
+        let source = SOURCE_CONNECTORS.iter().any(|c| c.name.eq_ignore_ascii_case(given));
+        match (source, is_sink_connector(given)) {
+            (true, false) => false,
             _ => !has_columns,
         }
     }
@@ -213,13 +108,14 @@ pub(crate) struct BuiltSource {
 /// Builds the source of a stream. `schema` is the declared column list (`None` when there is none).
 /// `name` is the stream's name in SQL, if it has one.
 pub(crate) fn build_source(name: Option<&str>, options: &Options, schema: Option<SchemaRef>) -> Result<BuiltSource> {
-    let (connector, valid) = options.connector(SOURCE_CONNECTORS)?;
-    options.check_known(connector, valid)?;
+    let connector = source_connector(options)?;
+    let valid: Vec<&str> = connector.options.iter().chain(&["idle_timeout"]).copied().collect();
+    options.check_known(connector.name, &valid)?;
     let idle_timeout = options
         .get("idle_timeout")
         .map(|t| parse_duration(t).map_err(|m| options.error(format!("option 'idle_timeout': {m}"))))
         .transpose()?;
-    let (source, memory) = source_of(name, connector, options, schema)?;
+    let (source, memory) = (connector.build)(&SourceRequest { name, options, schema })?;
     Ok(BuiltSource {
         source,
         memory,
@@ -227,92 +123,42 @@ pub(crate) fn build_source(name: Option<&str>, options: &Options, schema: Option
     })
 }
 
-fn source_of(
-    name: Option<&str>,
-    connector: &str,
-    options: &Options,
-    schema: Option<SchemaRef>,
-) -> Result<(Arc<dyn Source>, Option<MemoryStream>)> {
-    match connector {
-        "files" => {
-            let format = options
-                .choice("format", &[("json", 0), ("csv", 1), ("parquet", 2), ("text", 3)])?
-                .ok_or_else(|| options.error("option 'format' is required; one of: json, csv, parquet, text"))?;
-            if format != 1 && (options.get("header").is_some() || options.get("delimiter").is_some()) {
-                return Err(options.error("options 'header' and 'delimiter' only apply to format 'csv'"));
-            }
-            let format = match format {
-                0 => FileFormat::Json,
-                1 => FileFormat::Csv {
-                    header: options.boolean("header")?.unwrap_or(false),
-                    delimiter: delimiter(options)?,
-                },
-                2 => FileFormat::Parquet,
-                _ => FileFormat::Text,
-            };
-            let schema = match (schema, &format) {
-                (Some(schema), _) => schema,
-                (None, FileFormat::Text) => Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)])),
-                (None, _) => {
-                    return Err(options.error(
-                        "a files stream needs a column list, e.g. CREATE TABLE t (a INT, b VARCHAR) WITH (...)",
-                    ));
-                }
-            };
-            let mode = options
-                .choice(
-                    "mode",
-                    &[
-                        ("permissive", MalformedMode::Permissive),
-                        ("drop_malformed", MalformedMode::DropMalformed),
-                        ("fail_fast", MalformedMode::FailFast),
-                    ],
-                )?
-                .unwrap_or_default();
-            let config = FilesSourceConfig {
-                path: options.required("path")?.to_string(),
-                format,
-                schema,
-                max_files_per_trigger: options.positive("max_files_per_trigger", usize::MAX)?,
-                max_bytes_per_trigger: Some(
-                    options
-                        .positive("max_bytes_per_trigger", usize::MAX)?
-                        .map_or(DEFAULT_MAX_BYTES_PER_TRIGGER, |n| n as u64),
-                ),
-                mode,
-            };
-            Ok((
-                Arc::new(FilesSource::try_new(config).map_err(|e| options.error(e.to_string()))?),
-                None,
-            ))
-        }
-        "memory" => {
-            let schema = schema.ok_or_else(|| options.error("a memory stream needs a column list"))?;
-            let stream = match name {
-                Some(name) => MemoryStream::named(name, schema),
-                None => MemoryStream::new(schema),
-            };
-            Ok((Arc::new(stream.clone()), Some(stream)))
-        }
-        _ => {
-            if schema.is_some() {
-                return Err(
-                    options.error("the rate source has fixed columns (timestamp, value): leave out the column list")
-                );
-            }
-            let rows_per_second = options.positive("rows_per_second", MAX_ROWS_PER_SECOND)?.unwrap_or(1) as u64;
-            Ok((Arc::new(RateSource::new(rows_per_second)), None))
-        }
+/// The source connector the `connector` option names. A sink connector is refused saying so, an
+/// unknown one listing the known ones; none is ever taken for another.
+fn source_connector(options: &Options) -> Result<&'static SourceConnector> {
+    let names = || SOURCE_CONNECTORS.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+    let given = options
+        .get("connector")
+        .ok_or_else(|| options.error(format!("option 'connector' is required; one of: {}", names())))?;
+    let given = given.trim();
+    if let Some(connector) = SOURCE_CONNECTORS.iter().find(|c| c.name.eq_ignore_ascii_case(given)) {
+        return Ok(connector);
     }
+    if is_sink_connector(given) {
+        return Err(options.error(format!(
+            "connector '{given}' is a sink, and a table with a column list is a stream: leave out the column \
+             list to declare a sink (its columns are those of the query writing to it); stream connectors: {}",
+            names()
+        )));
+    }
+    Err(options.error(format!(
+        "connector '{given}' is not known; stream connectors: {}; sink connectors: {}",
+        names(),
+        sink_names().join(", ")
+    )))
 }
 
-fn delimiter(options: &Options) -> Result<u8> {
-    match options.get("delimiter") {
-        None => Ok(b','),
-        Some(d) if d.len() == 1 => Ok(d.as_bytes()[0]),
-        Some("\\t") => Ok(b'\t'),
-        Some(d) => Err(options.error(format!("option 'delimiter' = '{d}' must be a single character"))),
-    }
+/// Whether `name` is a sink connector (or a file format that names the files sink).
+fn is_sink_connector(name: &str) -> bool {
+    sink_names().iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn sink_names() -> Vec<&'static str> {
+    SINK_CONNECTORS
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(SINK_FILE_FORMATS.iter().map(|(n, _)| *n))
+        .collect()
 }
 
 /// How a streaming query runs and where its output goes, from a sink's options.

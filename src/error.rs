@@ -146,6 +146,15 @@ pub enum Error {
     #[error("{}", clip(.0))]
     OutOfRange(String),
 
+    /// A source could not reach what it reads (a socket's server), or lost what it had read.
+    #[error("{source_name}: {}", clip(.message))]
+    Source {
+        /// The source, e.g. `TextSocketSource[127.0.0.1:9999]`.
+        source_name: String,
+        /// What went wrong.
+        message: String,
+    },
+
     /// A bug: an invariant of Tidewater did not hold. Please report it.
     #[error("internal error (this is a bug in Tidewater, please report it): {0}")]
     Internal(String),
@@ -188,7 +197,9 @@ impl Error {
                 },
                 _ => ErrorKind::User,
             },
-            Error::ObjectStore { .. } | Error::Io { .. } | Error::Checkpoint { .. } => ErrorKind::External,
+            Error::ObjectStore { .. } | Error::Io { .. } | Error::Checkpoint { .. } | Error::Source { .. } => {
+                ErrorKind::External
+            }
             Error::Database { user: true, .. } => ErrorKind::User,
             Error::Database { user: false, .. } | Error::DatabaseTimeout { .. } => ErrorKind::External,
             Error::Internal(_) => ErrorKind::Internal,

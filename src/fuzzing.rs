@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::checkpoint::{self, CommitEntry, Metadata, OffsetEntry};
 use crate::error::Result;
-use crate::source::files::DecodePlan;
+use crate::source::decode::DecodePlan;
 use crate::source::{FileFormat, MalformedMode};
 
 /// The name decoded bytes go by in error messages.

@@ -80,6 +80,7 @@ pub(crate) mod connector;
 mod error;
 mod frame;
 pub(crate) mod operator;
+pub(crate) mod options;
 pub(crate) mod planner;
 mod query;
 mod session;

@@ -219,6 +219,13 @@ impl Driver {
         self.shared.set_status("Restoring from the checkpoint", false, true);
         let (mut watermarks, mut batch_id, mut replay) =
             self.recover(&mut cursors, operator.as_mut(), store.as_deref()).await?;
+        for (i, cursor) in cursors.iter().enumerate() {
+            let log = self
+                .checkpoint
+                .source_dir(i)
+                .map(|dir| Arc::new(dir) as Arc<dyn crate::source::SourceLog>);
+            cursor.source.start(log).await?;
+        }
         if self.trigger == Trigger::AvailableNow {
             for cursor in &mut cursors {
                 cursor.cap = cursor.source.latest_offset(None, ReadLimit::All).await?;
@@ -270,7 +277,12 @@ impl Driver {
                             if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
                                 return Ok(());
                             }
-                            self.shared.set_status("Waiting for data to arrive", false, false);
+                            let trouble: Vec<String> = cursors.iter().filter_map(|c| c.source.status()).collect();
+                            let message = match trouble.is_empty() {
+                                true => "Waiting for data to arrive".to_string(),
+                                false => format!("Waiting for data to arrive ({})", trouble.join("; ")),
+                            };
+                            self.shared.set_status(&message, false, false);
                             let wait = match self.trigger {
                                 Trigger::ProcessingTime(interval) => interval.saturating_sub(trigger_start.elapsed()),
                                 _ => IDLE_POLL,
@@ -419,12 +431,20 @@ impl Driver {
                 // State version N and the commit are written while the next batch runs; the next
                 // batch's offsets entry waits for them, so the logs never have a gap.
                 let (checkpoint, store, retention) = (self.checkpoint.clone(), store.clone(), self.retention);
+                let consumed: Vec<_> = cursors
+                    .iter()
+                    .filter_map(|c| Some((c.source.clone(), c.committed.clone()?)))
+                    .collect();
                 pending_commit = Some(tokio::spawn(async move {
                     let (changes, snapshot) = changes.unzip();
                     if let (Some(store), Some(changes)) = (&store, changes) {
                         store.write(batch_id, changes).await?;
                     }
                     checkpoint.write_commit(&commit).await?;
+                    // Committed: the sources may let go of what the batch read.
+                    for (source, end) in consumed {
+                        source.commit(&end).await?;
+                    }
                     clean_up(&checkpoint, store.as_deref(), retention, batch_id, snapshot.flatten());
                     Ok(())
                 }));
@@ -461,6 +481,9 @@ impl Driver {
         let committed = finish(pending_commit.take()).await;
         if let Some(store) = &store {
             store.finish().await;
+        }
+        for cursor in &cursors {
+            cursor.source.stop().await;
         }
         result.and(committed)
     }

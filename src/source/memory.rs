@@ -20,8 +20,27 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::memory::MemoryStream as DfMemoryStream;
 
-use super::{Offset, ReadLimit, Source, project_schema};
+use super::{Built, Offset, ReadLimit, Source, SourceConnector, SourceRequest, project_schema};
 use crate::error::{Error, Result};
+
+/// The `memory` connector: rows come from Rust code or from `INSERT INTO <stream> ...`.
+pub(crate) const CONNECTOR: SourceConnector = SourceConnector {
+    name: "memory",
+    options: &[],
+    build,
+};
+
+fn build(request: &SourceRequest<'_>) -> Result<Built> {
+    let schema = request
+        .schema
+        .clone()
+        .ok_or_else(|| request.options.error("a memory stream needs a column list"))?;
+    let stream = match request.name {
+        Some(name) => MemoryStream::named(name, schema),
+        None => MemoryStream::new(schema),
+    };
+    Ok((Arc::new(stream.clone()), Some(stream)))
+}
 
 /// A source fed from code: every [`MemoryStream::add_batch`] becomes visible to the next trigger.
 ///

@@ -6,7 +6,13 @@
 //! crash. Offsets are JSON values so the offsets log can hold any source's position.
 //!
 //! One source per file: [`files`] watches a directory, [`memory`] takes rows pushed from Rust code,
-//! [`rate`] generates rows for demos and benchmarks.
+//! [`rate`] generates rows for demos and benchmarks, [`socket`] reads lines from a TCP server.
+//! [`decode`] turns bytes into rows for the sources that read records (files, socket).
+//!
+//! A source's life in a query: [`Source::restore`] from the checkpoint (when the query has run
+//! before), [`Source::start`], then per batch [`Source::latest_offset`], [`Source::persist`],
+//! [`Source::read`] and, once the batch is committed, [`Source::commit`]; [`Source::stop`] at
+//! the end.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -19,13 +25,52 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub(crate) mod decode;
 pub(crate) mod files;
 pub(crate) mod memory;
 pub(crate) mod rate;
+pub(crate) mod socket;
 
 pub use files::{FileFormat, FilesSource, FilesSourceConfig, MalformedMode};
 pub use memory::MemoryStream;
 pub use rate::RateSource;
+
+/// How a source connector is declared: its name (the `connector` option), the options it takes,
+/// and how it builds its source from them. Each source file has its `CONNECTOR`, and the registry
+/// in [`crate::connector`] lists them.
+pub(crate) struct SourceConnector {
+    pub(crate) name: &'static str,
+    /// Its own options (every stream also takes `idle_timeout`).
+    pub(crate) options: &'static [&'static str],
+    /// Builds the source; a memory stream also returns its push handle.
+    pub(crate) build: fn(&SourceRequest<'_>) -> Result<Built>,
+}
+
+/// A built source, and the push handle when it is a memory stream.
+pub(crate) type Built = (Arc<dyn Source>, Option<MemoryStream>);
+
+/// What a stream declaration gives a source connector.
+pub(crate) struct SourceRequest<'a> {
+    /// The stream's name in SQL, if it has one.
+    pub(crate) name: Option<&'a str>,
+    pub(crate) options: &'a crate::options::Options,
+    /// The declared column list, `None` when there is none.
+    pub(crate) schema: Option<SchemaRef>,
+}
+
+/// The `mode` option of sources that read records: what to do with a malformed one.
+pub(crate) fn malformed_mode(options: &crate::options::Options) -> Result<MalformedMode> {
+    Ok(options
+        .choice(
+            "mode",
+            &[
+                ("permissive", MalformedMode::Permissive),
+                ("drop_malformed", MalformedMode::DropMalformed),
+                ("fail_fast", MalformedMode::FailFast),
+            ],
+        )?
+        .unwrap_or_default())
+}
 
 /// A position in a source's input, as JSON so the offsets log can hold it.
 ///
@@ -120,6 +165,31 @@ pub trait Source: Send + Sync + Debug {
     fn metrics(&self) -> BTreeMap<String, String> {
         BTreeMap::new()
     }
+
+    /// Why input is not arriving right now, if the source knows (a socket reconnecting), for the
+    /// query's status.
+    fn status(&self) -> Option<String> {
+        None
+    }
+
+    /// Starts reading for the query, once, after [`Source::restore`] and before the first batch.
+    /// `log` is the source's folder in the query's checkpoint (`None` without a checkpoint). A
+    /// source that reads from outside (a socket, a broker) connects here, and fails when it
+    /// cannot.
+    async fn start(&self, log: Option<Arc<dyn SourceLog>>) -> Result<()> {
+        let _ = log;
+        Ok(())
+    }
+
+    /// Tells the source that the batches up to `end` are committed: their input is never read
+    /// again, so a source that holds it (received lines, their log) can let it go.
+    async fn commit(&self, end: &Offset) -> Result<()> {
+        let _ = end;
+        Ok(())
+    }
+
+    /// Stops reading, when the query ends.
+    async fn stop(&self) {}
 
     /// Records in `log` what the next batch, `batch_id`, reads: the rows after `start` up to
     /// `end`. Called before the batch enters the offsets log, so after a crash [`Source::restore`]

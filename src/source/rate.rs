@@ -15,7 +15,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
-use super::{Offset, ReadLimit, Source, count, project_schema};
+use super::{Built, Offset, ReadLimit, Source, SourceConnector, SourceRequest, count, project_schema};
 use crate::error::{Error, Result};
 
 /// Rows generated per output record batch.
@@ -24,6 +24,25 @@ const ROWS_PER_RECORD_BATCH: u64 = 8192;
 /// The most rows one trigger reads (16 MB of rows): a rate faster than the query keeps up with
 /// makes it fall behind, as in Spark, instead of making every batch larger than the last.
 const MAX_ROWS_PER_TRIGGER: u64 = 1_000_000;
+
+/// The `rate` connector.
+pub(crate) const CONNECTOR: SourceConnector = SourceConnector {
+    name: "rate",
+    options: &["rows_per_second"],
+    build,
+};
+
+/// The fastest rate source: past this a demo source would only measure the generator.
+const MAX_ROWS_PER_SECOND: usize = 1_000_000_000;
+
+fn build(request: &SourceRequest<'_>) -> Result<Built> {
+    let options = request.options;
+    if request.schema.is_some() {
+        return Err(options.error("the rate source has fixed columns (timestamp, value): leave out the column list"));
+    }
+    let rows_per_second = options.positive("rows_per_second", MAX_ROWS_PER_SECOND)?.unwrap_or(1) as u64;
+    Ok((Arc::new(RateSource::new(rows_per_second)), None))
+}
 
 /// Generates `rows_per_second` rows per second of wall time, starting when it is created.
 #[derive(Debug)]

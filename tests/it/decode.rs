@@ -368,3 +368,34 @@ async fn an_error_shows_a_few_hundred_bytes_of_a_huge_bad_value() {
         "{message}"
     );
 }
+
+/// A text line that is not UTF-8 is a malformed record (it used to become U+FFFD silently): kept
+/// as null with its text in `_corrupt_record`, dropped and counted, or failing at its line.
+#[tokio::test]
+async fn a_text_line_that_is_not_utf8_is_malformed_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    drop_file(dir.path(), "in.txt", b"first\r\nbad \xc3\x28 bytes\nlast\n");
+    let columns = "value VARCHAR, _corrupt_record VARCHAR";
+    for mode in ["permissive", "drop_malformed", "fail_fast"] {
+        let options = format!("format = 'text', mode = '{mode}'");
+        let (session, query, ended) = run_to_end(dir.path(), columns, &options, "append", "SELECT * FROM c").await;
+        if mode == "fail_fast" {
+            let message = ended.unwrap_err().to_string();
+            assert!(
+                message.contains("in.txt, line 2: the line is not valid UTF-8 (at byte 4)"),
+                "{message}"
+            );
+            continue;
+        }
+        ended.unwrap();
+        let rows = query_rows(&session, "SELECT * FROM out").await;
+        let metrics = &query.last_progress().unwrap().sources[0].metrics;
+        if mode == "permissive" {
+            assert_eq!(rows, ["first|NULL", "NULL|bad \u{fffd}( bytes", "last|NULL"]);
+            assert_eq!(metrics["numMalformedRecords"], "1");
+        } else {
+            assert_eq!(rows, ["first|NULL", "last|NULL"]);
+            assert_eq!(metrics["numDroppedMalformedRecords"], "1");
+        }
+    }
+}

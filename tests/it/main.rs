@@ -20,4 +20,5 @@ mod query;
 mod ranges;
 mod sinks;
 mod slt;
+mod socket;
 mod stateless;

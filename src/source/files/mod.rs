@@ -16,7 +16,6 @@
 //! Files of one batch are fetched and decoded concurrently (decoding on the blocking pool), and
 //! come out in log order.
 
-mod decode;
 mod log;
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,17 +26,18 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::object_store::path::Path;
 use datafusion::object_store::{ObjectStore, ObjectStoreExt};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
-pub(crate) use decode::CORRUPT_RECORD_COLUMN;
-pub(crate) use decode::{DecodePlan, Decoded};
+use super::decode::{CORRUPT_RECORD_COLUMN, DecodePlan, Decoded};
 
-use super::{Offset, ReadLimit, Source, SourceLog, count, project_schema};
+use super::{
+    Built, Offset, ReadLimit, Source, SourceConnector, SourceLog, SourceRequest, count, malformed_mode, project_schema,
+};
 use crate::error::{Error, Result};
 use crate::storage::{self, Location};
 
@@ -69,6 +69,76 @@ pub enum MalformedMode {
     DropMalformed,
     /// Fail the query with an error naming the file and line.
     FailFast,
+}
+
+/// The `files` connector.
+pub(crate) const CONNECTOR: SourceConnector = SourceConnector {
+    name: "files",
+    options: &[
+        "path",
+        "format",
+        "max_files_per_trigger",
+        "max_bytes_per_trigger",
+        "mode",
+        "header",
+        "delimiter",
+    ],
+    build,
+};
+
+/// The default of `max_bytes_per_trigger`: a backlog is read in batches of about this much input,
+/// so one batch's decoded rows stay within memory.
+const DEFAULT_MAX_BYTES_PER_TRIGGER: u64 = 1 << 30;
+
+fn build(request: &SourceRequest<'_>) -> Result<Built> {
+    let options = request.options;
+    let format = options
+        .choice("format", &[("json", 0), ("csv", 1), ("parquet", 2), ("text", 3)])?
+        .ok_or_else(|| options.error("option 'format' is required; one of: json, csv, parquet, text"))?;
+    if format != 1 && (options.get("header").is_some() || options.get("delimiter").is_some()) {
+        return Err(options.error("options 'header' and 'delimiter' only apply to format 'csv'"));
+    }
+    let format = match format {
+        0 => FileFormat::Json,
+        1 => FileFormat::Csv {
+            header: options.boolean("header")?.unwrap_or(false),
+            delimiter: delimiter(options)?,
+        },
+        2 => FileFormat::Parquet,
+        _ => FileFormat::Text,
+    };
+    let schema = match (request.schema.clone(), &format) {
+        (Some(schema), _) => schema,
+        (None, FileFormat::Text) => Arc::new(Schema::new(vec![Field::new("value", DataType::Utf8, true)])),
+        (None, _) => {
+            return Err(
+                options.error("a files stream needs a column list, e.g. CREATE TABLE t (a INT, b VARCHAR) WITH (...)")
+            );
+        }
+    };
+    let config = FilesSourceConfig {
+        path: options.required("path")?.to_string(),
+        format,
+        schema,
+        max_files_per_trigger: options.positive("max_files_per_trigger", usize::MAX)?,
+        max_bytes_per_trigger: Some(
+            options
+                .positive("max_bytes_per_trigger", usize::MAX)?
+                .map_or(DEFAULT_MAX_BYTES_PER_TRIGGER, |n| n as u64),
+        ),
+        mode: malformed_mode(options)?,
+    };
+    let source = FilesSource::try_new(config).map_err(|e| options.error(e.to_string()))?;
+    Ok((Arc::new(source), None))
+}
+
+fn delimiter(options: &crate::options::Options) -> Result<u8> {
+    match options.get("delimiter") {
+        None => Ok(b','),
+        Some(d) if d.len() == 1 => Ok(d.as_bytes()[0]),
+        Some("\\t") => Ok(b'\t'),
+        Some(d) => Err(options.error(format!("option 'delimiter' = '{d}' must be a single character"))),
+    }
 }
 
 /// Everything the files source needs to know.
@@ -137,15 +207,22 @@ impl FilesSource {
     /// A URL with an unsupported scheme, or a schema the format cannot produce.
     pub fn try_new(config: FilesSourceConfig) -> Result<Self> {
         if config.format == FileFormat::Text {
-            let fields = config.schema.fields();
-            let ok = fields.len() == 1
+            // One string column, and `_corrupt_record` for lines that are not UTF-8.
+            let data: Vec<_> = config
+                .schema
+                .fields()
+                .iter()
+                .filter(|f| f.name() != CORRUPT_RECORD_COLUMN)
+                .collect();
+            let ok = data.len() == 1
                 && matches!(
-                    fields[0].data_type(),
+                    data[0].data_type(),
                     DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
                 );
             if !ok {
                 return Err(Error::plan(format!(
-                    "format 'text' produces one string column (value VARCHAR), but the stream declares {}",
+                    "format 'text' produces one string column (value VARCHAR, and optionally _corrupt_record \
+                     VARCHAR), but the stream declares {}",
                     describe_columns(&config.schema)
                 )));
             }

@@ -25,7 +25,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray, new_null_array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray, StringBuilder, new_null_array};
 use datafusion::arrow::compute::{BatchCoalescer, cast};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::error::ArrowError;
@@ -118,7 +118,7 @@ impl DecodePlan {
     pub(crate) fn decode(&self, file: &str, bytes: Bytes) -> Result<Decoded> {
         match &self.format {
             FileFormat::Parquet => self.decode_parquet(file, bytes),
-            FileFormat::Text => self.decode_text(bytes),
+            FileFormat::Text => self.decode_text(file, bytes),
             FileFormat::Json => {
                 let mut out = Output::new(self, file);
                 self.decode_records(&bytes, &json_records(&bytes), &mut out)?;
@@ -421,35 +421,46 @@ impl DecodePlan {
         .map_err(|e| Error::Internal(format!("adding _corrupt_record: {e}")))
     }
 
-    fn decode_text(&self, bytes: Bytes) -> Result<Decoded> {
-        let text = String::from_utf8_lossy(&bytes);
-        let mut lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-        if lines.last() == Some(&"") {
+    /// One row per line; see [`text_lines`].
+    fn decode_text(&self, file: &str, bytes: Bytes) -> Result<Decoded> {
+        let mut lines: Vec<&[u8]> = bytes
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .collect();
+        if lines.last().is_some_and(|l| l.is_empty()) {
             lines.pop();
         }
-        let mut batches = Vec::new();
-        for chunk in lines.chunks(BATCH_SIZE) {
-            let values: ArrayRef = Arc::new(StringArray::from(chunk.to_vec()));
+        let mut decoded = Decoded::default();
+        for (i, chunk) in lines.chunks(BATCH_SIZE).enumerate() {
+            let first_line = (i * BATCH_SIZE) as u64 + 1;
+            let text = text_lines(self.mode, file, first_line, chunk.iter().copied())?;
+            decoded.malformed += text.malformed;
+            decoded.dropped += text.dropped;
+            let rows = text.kept.len();
             let columns = self
                 .output
                 .fields()
                 .iter()
-                .map(|f| cast(&values, f.data_type()))
+                .enumerate()
+                .map(|(i, f)| {
+                    let column: ArrayRef = match self.corrupt_index == Some(i) {
+                        true => Arc::new(text.corrupt.clone()),
+                        false => Arc::new(text.values.clone()),
+                    };
+                    cast(&column, f.data_type())
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::Internal(format!("text column: {e}")))?;
-            batches.push(
+            decoded.batches.push(
                 RecordBatch::try_new_with_options(
                     self.output.clone(),
                     columns,
-                    &RecordBatchOptions::new().with_row_count(Some(chunk.len())),
+                    &RecordBatchOptions::new().with_row_count(Some(rows)),
                 )
                 .map_err(|e| Error::Internal(format!("text batch: {e}")))?,
             );
         }
-        Ok(Decoded {
-            batches,
-            ..Decoded::default()
-        })
+        Ok(decoded)
     }
 
     /// Reads a Parquet file and aligns its columns to the declared schema by name: a missing
@@ -485,6 +496,71 @@ impl DecodePlan {
             ..Decoded::default()
         })
     }
+}
+
+/// Lines of text as values, with Spark's modes for a malformed line: one that is not UTF-8, or
+/// longer than the source takes.
+#[derive(Debug)]
+pub(crate) struct TextLines {
+    /// The kept lines' values (null for a malformed line kept in `permissive` mode).
+    pub(crate) values: StringArray,
+    /// The kept lines' `_corrupt_record`: the malformed line's text (bad bytes replaced by
+    /// U+FFFD), null for a good line.
+    pub(crate) corrupt: StringArray,
+    /// Which of the given lines were kept, in order.
+    pub(crate) kept: Vec<usize>,
+    pub(crate) malformed: u64,
+    pub(crate) dropped: u64,
+}
+
+/// Decodes `lines` (without their line ends) as UTF-8 text; `first_line` is the first one's
+/// 1-based number in `source`, for the error of `fail_fast` mode. A line longer than
+/// [`MAX_LINE_BYTES`](super::socket::MAX_LINE_BYTES) is malformed too.
+pub(crate) fn text_lines<'a>(
+    mode: MalformedMode,
+    source: &str,
+    first_line: u64,
+    lines: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<TextLines> {
+    let (mut values, mut corrupt) = (StringBuilder::new(), StringBuilder::new());
+    let mut out = TextLines {
+        values: StringArray::new_null(0),
+        corrupt: StringArray::new_null(0),
+        kept: Vec::new(),
+        malformed: 0,
+        dropped: 0,
+    };
+    for (i, line) in lines.into_iter().enumerate() {
+        let problem = match std::str::from_utf8(line) {
+            Ok(text) if line.len() <= super::socket::MAX_LINE_BYTES => {
+                values.append_value(text);
+                corrupt.append_null();
+                out.kept.push(i);
+                continue;
+            }
+            Ok(_) => format!("the line is longer than {} bytes", super::socket::MAX_LINE_BYTES),
+            Err(e) => format!("the line is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        };
+        match mode {
+            MalformedMode::FailFast => {
+                return Err(Error::Input {
+                    file: source.to_string(),
+                    line: Some(first_line + i as u64),
+                    message: format!("{problem}: {}", String::from_utf8_lossy(line)),
+                });
+            }
+            MalformedMode::DropMalformed => out.dropped += 1,
+            MalformedMode::Permissive => {
+                values.append_null();
+                corrupt.append_value(String::from_utf8_lossy(line));
+                out.kept.push(i);
+                out.malformed += 1;
+            }
+        }
+    }
+    out.values = values.finish();
+    out.corrupt = corrupt.finish();
+    Ok(out)
 }
 
 /// Where decoded rows of one file go: kept rows in order, coalesced into batches of
