@@ -509,6 +509,19 @@ mod tests {
         }
     }
 
+    /// A source's offsets are any JSON; what an offsets file holds must read back as written,
+    /// or a replayed batch would ask its source for other offsets. Found by the
+    /// `checkpoint_entries` fuzz target: a float such as `1.5e200` came back one unit off.
+    #[test]
+    fn offsets_of_any_json_read_back_as_written() {
+        let file = br#"{"batch_id": 3, "batch_timestamp_ms": 1767225600000, "late_watermark": null,
+            "watermark": 1704067200000000000, "offsets": [{"position": 1, "pos": 1.5e+200,
+            "big": 1767225600704067200000000000, "tiny": 4.9e-324}, [1, -9, "x"]]}"#;
+        let written = file_bytes(&parse_file::<OffsetEntry>(file, "offsets/3").expect("reads")).expect("writes");
+        let again = file_bytes(&parse_file::<OffsetEntry>(&written, "offsets/3").expect("reads back")).expect("writes");
+        assert_eq!(written, again, "{}", String::from_utf8_lossy(&written));
+    }
+
     fn entry(batch_id: u64, offset: u64) -> OffsetEntry {
         OffsetEntry {
             batch_id,

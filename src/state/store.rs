@@ -348,7 +348,7 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
         file: file.to_string(),
         message,
     };
-    let mut reader = FileReader::try_new(Cursor::new(bytes), None)
+    let mut reader = arrow_guard(|| FileReader::try_new(Cursor::new(bytes), None))
         .map_err(|e| damaged(format!("not a readable state file ({e}); it is damaged or truncated")))?;
     let metadata = reader.custom_metadata().clone();
     let field = |key: &str| {
@@ -369,11 +369,13 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
     entries
         .into_iter()
         .map(|entry| {
-            let batches = reader
-                .by_ref()
-                .take(entry.batches)
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged or truncated")))?;
+            let batches = arrow_guard(|| {
+                reader
+                    .by_ref()
+                    .take(entry.batches)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+            })
+            .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged or truncated")))?;
             if batches.len() != entry.batches {
                 return Err(damaged("fewer record batches than its metadata lists".into()));
             }
@@ -393,6 +395,29 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
             Ok(part)
         })
         .collect()
+}
+
+/// Runs arrow's IPC reader, turning a panic into an error.
+///
+/// # Background
+/// The reader trusts the lengths and types a file states, and panics on some that do not fit its
+/// bytes instead of returning an error (arrow-rs issues #7124, #10437). Only a file whose seal
+/// holds gets here, so such a file was written wrong rather than damaged; it must still fail the
+/// restart naming the file, never abort the process.
+fn arrow_guard<T>(
+    read: impl FnOnce() -> std::result::Result<T, datafusion::arrow::error::ArrowError>,
+) -> std::result::Result<T, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)) {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(panic) => Err(format!(
+            "the Arrow reader failed: {}",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic")
+        )),
+    }
 }
 
 /// A snapshot is due once the deltas written since the last one hold this many times its rows.
