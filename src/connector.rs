@@ -199,6 +199,16 @@ pub(crate) enum SinkKind {
 }
 
 impl SinkKind {
+    /// The connector's name, as the `connector` option gives it.
+    pub(crate) fn connector(&self) -> &'static str {
+        match self {
+            SinkKind::Console { .. } => "console",
+            SinkKind::Database { .. } => "database",
+            SinkKind::Memory => "memory",
+            SinkKind::Files { .. } => "files",
+        }
+    }
+
     /// Refuses an output mode this sink cannot serve, saying why.
     pub(crate) fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
         match self {

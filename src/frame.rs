@@ -61,7 +61,8 @@ impl DataStreamReader {
         }
     }
 
-    /// `json`, `csv`, `parquet` or `text` for files in a directory; `rate` for generated rows.
+    /// `json`, `csv`, `parquet` or `text` for files in a directory ([`load`](Self::load)); `rate`
+    /// for generated rows or `socket` for lines from a TCP server ([`start`](Self::start)).
     pub fn format(mut self, format: &str) -> Self {
         self.format = Some(format.to_string());
         self
@@ -87,12 +88,13 @@ impl DataStreamReader {
     pub async fn load(self, path: &str) -> Result<StreamingDataFrame> {
         let mut options = self.options("read_stream()")?;
         options.insert("connector", "files");
+        options.insert("format", self.format.clone().unwrap_or_default());
         options.insert("path", path);
         let built = connector::build_source(None, &options, self.schema)?;
         self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 
-    /// A stream that takes no path, such as `rate`.
+    /// A stream that takes no path: `rate`, or `socket` (with options `host` and `port`).
     ///
     /// # Errors
     /// A format that needs a path, or a bad option.
@@ -104,15 +106,15 @@ impl DataStreamReader {
         self.session.anonymous_stream(built.source, built.idle_timeout).await
     }
 
+    /// The options given, once a format is.
     fn options(&self, context: &str) -> Result<Options> {
-        let mut options = Options::new(context);
-        let format = self
-            .format
-            .as_deref()
-            .ok_or_else(|| Error::option(context, "format(...) is required: json, csv, parquet, text or rate"))?;
-        if format != "rate" {
-            options.insert("format", format);
+        if self.format.is_none() {
+            return Err(Error::option(
+                context,
+                "format(...) is required: json, csv, parquet, text, rate or socket",
+            ));
         }
+        let mut options = Options::new(context);
         for (k, v) in &self.options {
             options.insert(k, v.clone());
         }

@@ -76,3 +76,44 @@ pub(crate) fn to_nanos(times: &ArrayRef) -> Result<Int64Array> {
         show_time(raw.value(row), unit)
     )))
 }
+
+/// The wall clock in nanoseconds since the epoch (the clock stays in range until 2262).
+pub(crate) fn now_nanos() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+/// A duration as a person writes it: `10 minutes`, `1 hour 30 minutes`, `1.5 seconds`.
+pub(crate) fn describe_duration(duration: Duration) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "day"), (3_600, "hour"), (60, "minute"), (1, "second")];
+    let mut seconds = duration.as_secs();
+    let nanos = duration.subsec_nanos();
+    let mut parts = Vec::new();
+    for (size, unit) in UNITS {
+        let n = seconds / size;
+        seconds %= size;
+        let last = size == 1;
+        if n > 0 || (last && nanos > 0) || (last && parts.is_empty()) {
+            let value = match (last, nanos) {
+                (true, 1..) => format!("{n}.{}", format!("{nanos:09}").trim_end_matches('0')),
+                _ => n.to_string(),
+            };
+            let plural = if value == "1" { "" } else { "s" };
+            parts.push(format!("{value} {unit}{plural}"));
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        assert_eq!(describe_duration(Duration::from_secs(600)), "10 minutes");
+        assert_eq!(describe_duration(Duration::from_secs(5400)), "1 hour 30 minutes");
+        assert_eq!(describe_duration(Duration::from_millis(1500)), "1.5 seconds");
+        assert_eq!(describe_duration(Duration::from_secs(86_401)), "1 day 1 second");
+        assert_eq!(describe_duration(Duration::ZERO), "0 seconds");
+    }
+}

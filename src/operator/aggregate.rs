@@ -185,6 +185,10 @@ impl StatefulOperator for StatefulAggregate {
         })
     }
 
+    fn next_close(&self) -> Option<i64> {
+        self.buckets.keys().next().copied().filter(|end| *end != NO_WINDOW)
+    }
+
     fn changes(&mut self) -> Result<StateFile> {
         let parts = std::mem::take(&mut self.changed)
             .into_iter()

@@ -35,6 +35,12 @@ pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
         close_watermark: Option<i64>,
     ) -> Result<Emitted>;
 
+    /// The earliest end of a window the operator holds, in nanoseconds: when the watermark
+    /// reaches it, a batch has something to close. `None` when nothing can close.
+    fn next_close(&self) -> Option<i64> {
+        None
+    }
+
     /// What changed in the state since the last call: the next state version's delta.
     fn changes(&mut self) -> Result<StateFile>;
 

@@ -121,6 +121,11 @@ impl Sharded {
         })
     }
 
+    /// The earliest window end of any shard; see [`StatefulOperator::next_close`].
+    pub(crate) fn next_close(&self) -> Option<i64> {
+        self.shards.iter().filter_map(|s| s.next_close()).min()
+    }
+
     /// Number of shards.
     pub(crate) fn len(&self) -> usize {
         self.shards.len()

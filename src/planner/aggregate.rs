@@ -48,8 +48,14 @@ pub(crate) struct AggregatePlan {
     event_time: Option<EventTimeKey>,
     /// Position of the `session_window` key, for a session-window aggregation.
     session: Option<usize>,
+    /// The event-time key is a window over processing time (`window(current_timestamp(), ...)`):
+    /// its watermark is the batch's time.
+    processing_time: bool,
     /// The post plan, over one stream scan without a source: the operator's output.
     pub(super) post: Arc<dyn ExecutionPlan>,
+    /// The post plan before physical planning, when it reads the clock (`now()` after the
+    /// aggregation): it is planned again for each batch, with the batch's time.
+    post_logical: Option<LogicalPlan>,
     /// That scan's projection of the operator's output, and its (positional) schema.
     post_input: (Option<Vec<usize>>, SchemaRef),
 }
@@ -111,13 +117,25 @@ impl AggregatePlan {
             Some(_) => "SessionAggregate",
             None => "StatefulAggregate",
         };
-        let event_time = match self.event_time {
-            Some(EventTimeKey::Window(i)) | Some(EventTimeKey::Time(i)) => {
+        let event_time = match (self.event_time, self.processing_time) {
+            (Some(EventTimeKey::Window(i)), true) => format!(
+                ", processing time: {} (closed at the batch time)",
+                self.output_schema.field(i).name()
+            ),
+            (Some(EventTimeKey::Window(i) | EventTimeKey::Time(i)), _) => {
                 format!(", event time: {} (with watermark)", self.output_schema.field(i).name())
             }
-            None => String::new(),
+            (None, _) => String::new(),
         };
-        format!("{kind}: keys [{}]{event_time}", keys.join(", "))
+        let aggregates: Vec<&str> = self.output_schema.fields()[self.key_count..]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        format!(
+            "{kind}: keys [{}], aggregates [{}]{event_time}",
+            keys.join(", "),
+            aggregates.join(", ")
+        )
     }
 
     /// The shape of the state this aggregation keeps, given its partial aggregation's schema:
@@ -151,7 +169,13 @@ impl AggregatePlan {
     }
 
     /// The post plan bound to the operator's output of one batch.
-    pub(crate) fn bind_post(&self, output: RecordBatch) -> Result<Arc<dyn ExecutionPlan>> {
+    /// `batch_time` is what `now()` returns in the batch.
+    pub(crate) async fn bind_post(
+        &self,
+        state: &SessionState,
+        batch_time: chrono::DateTime<chrono::Utc>,
+        output: RecordBatch,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let (projection, schema) = &self.post_input;
         let columns = match &projection {
             Some(p) => p.iter().map(|i| Arc::clone(output.column(*i))).collect(),
@@ -161,12 +185,21 @@ impl AggregatePlan {
         let input = RecordBatch::try_new_with_options(schema.clone(), columns, &options)
             .map_err(|e| Error::Internal(format!("aggregate output for the post plan: {e}")))?;
         let stream = MemoryStream::try_new(vec![input], Arc::clone(schema), None)?;
-        bind_inputs(Arc::clone(&self.post), vec![Box::pin(stream)])
+        let post = match &self.post_logical {
+            Some(logical) => super::plan_at(state, logical, false, batch_time).await?,
+            None => Arc::clone(&self.post),
+        };
+        bind_inputs(post, vec![Box::pin(stream)])
     }
 
     /// Whether the aggregation groups by event time with a watermark.
     pub(crate) fn has_event_time(&self) -> bool {
         self.event_time.is_some()
+    }
+
+    /// Whether the aggregation windows processing time, whose watermark is the batch's time.
+    pub(crate) fn has_processing_time(&self) -> bool {
+        self.processing_time
     }
 
     /// The output columns that are the aggregation's grouping keys, in output order: `Some` when
@@ -245,12 +278,12 @@ pub(crate) async fn split(
             "GROUPING SETS, ROLLUP and CUBE over a stream are not supported",
         ));
     }
-    let (event_time, session) = event_time_key(aggregate);
+    let (event_time, session, processing_time) = event_time_key(aggregate);
     if mode == OutputMode::Append && event_time.is_none() {
         return Err(Error::plan(
             "output mode 'append' emits each group once, when it is final, so it needs an event-time window with a \
-             watermark: group by window(<time column>, ...) on a stream that declares WATERMARK FOR <time column>; \
-             or use output_mode 'update' or 'complete'",
+             watermark: group by window(<time column>, ...) on a stream that declares WATERMARK FOR <time column>, \
+             or by window(current_timestamp(), ...) over processing time; or use output_mode 'update' or 'complete'",
         ));
     }
 
@@ -295,6 +328,7 @@ pub(crate) async fn split(
     for node in post_nodes.iter().rev() {
         post = node.with_new_exprs(node.expressions(), vec![post])?;
     }
+    let post_logical = super::reads_clock(&post).then(|| post.clone());
     let post = state.create_physical_plan(&post).await?;
     let mut post_input = None;
     let _ = post.apply(|node| {
@@ -312,7 +346,9 @@ pub(crate) async fn split(
         output_schema,
         event_time,
         session,
+        processing_time,
         post,
+        post_logical,
         post_input,
     };
     Ok(Some((batch, plan)))
@@ -363,9 +399,10 @@ fn contains_stream_beside(node: &LogicalPlan) -> bool {
 }
 
 /// Which grouping key carries event time: a `window(col, ...)`, a `session_window(col, ...)` or
-/// `col` itself, where `col` is a stream's watermark column; and which key is a session window,
-/// watermark or not.
-fn event_time_key(aggregate: &Aggregate) -> (Option<EventTimeKey>, Option<usize>) {
+/// `col` itself, where `col` is a stream's watermark column, or a `window(current_timestamp(),
+/// ...)` over processing time (the third value); and which key is a session window, watermark or
+/// not.
+fn event_time_key(aggregate: &Aggregate) -> (Option<EventTimeKey>, Option<usize>, bool) {
     let mut watermarked: HashSet<String> = HashSet::new();
     let _ = aggregate.input.apply(|node| {
         if let Some(provider) = scanned_table(node)
@@ -384,17 +421,23 @@ fn event_time_key(aggregate: &Aggregate) -> (Option<EventTimeKey>, Option<usize>
     let session = origins
         .iter()
         .position(|e| matches!(e, Expr::ScalarFunction(f) if f.func.name() == "session_window"));
+    let mut processing_time = false;
     let event_time = origins.iter().enumerate().find_map(|(i, e)| match e {
         Expr::ScalarFunction(f) if matches!(f.func.name(), "window" | "window_list" | "session_window") => {
-            match f.args.first() {
+            match f.args.first().map(|a| a.clone().unalias()) {
                 Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
+                // `now()` is the batch's time (`current_timestamp()` is its other name).
+                Some(Expr::ScalarFunction(now)) if now.func.name() == "now" && f.func.name() != "session_window" => {
+                    processing_time = true;
+                    Some(EventTimeKey::Window(i))
+                }
                 _ => None,
             }
         }
         Expr::Column(c) if watermarked.contains(&c.name) => Some(EventTimeKey::Time(i)),
         _ => None,
     });
-    (event_time, session)
+    (event_time, session, processing_time)
 }
 
 /// Replaces every `session_window(...)` in the plan by the row's own piece of a session, which

@@ -124,6 +124,30 @@ impl IncrementalPlan {
         &self.scans
     }
 
+    /// What the query reads, a line per stream scan: the source, its watermark, and the columns
+    /// read when not all.
+    pub(crate) fn inputs(&self) -> Vec<String> {
+        self.scans
+            .iter()
+            .map(|scan| {
+                let schema = scan.source.schema();
+                let mut line = scan.source.description();
+                if let Some(projection) = &scan.projection {
+                    let columns: Vec<&str> = projection.iter().map(|i| schema.field(*i).name().as_str()).collect();
+                    line.push_str(&format!(", columns [{}]", columns.join(", ")));
+                }
+                if let Some((watermark, _)) = &scan.watermark {
+                    line.push_str(&format!(
+                        ", watermark {} - {}",
+                        watermark.column,
+                        crate::time::describe_duration(watermark.delay)
+                    ));
+                }
+                line
+            })
+            .collect()
+    }
+
     /// The distinct sources the query reads, in the order of their first scan: the order in which
     /// the checkpoint lists their offsets.
     pub(crate) fn sources(&self) -> Vec<Arc<dyn Source>> {
@@ -174,7 +198,7 @@ impl IncrementalPlan {
     }
 
     /// The plan as text: what runs over each batch, the stateful operator, and what runs after it.
-    pub(crate) fn explain(&self, state_partitions: usize) -> String {
+    pub(crate) fn explain(&self, state_partitions: &str) -> String {
         let show = |plan: &Arc<dyn ExecutionPlan>| {
             datafusion::physical_plan::displayable(plan.as_ref())
                 .indent(true)
@@ -183,7 +207,7 @@ impl IncrementalPlan {
         let mut text = format!("== Batch plan ==\n{}", show(&self.batch.physical));
         if let Some(aggregate) = &self.aggregate {
             text.push_str(&format!(
-                "== Stateful operator ==\n{}, {state_partitions} state partitions\n== Post plan ==\n{}",
+                "== Stateful operator ==\n{}, state partitions: {state_partitions}\n== Post plan ==\n{}",
                 aggregate.describe(),
                 show(&aggregate.post)
             ));

@@ -215,6 +215,8 @@ impl Driver {
             _ => None,
         };
         let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
+        // Windows over processing time close at the batch's time: the watermark is the clock.
+        let processing_time = self.plan.aggregate().is_some_and(|a| a.has_processing_time());
 
         self.shared.set_status("Restoring from the checkpoint", false, true);
         let (mut watermarks, mut batch_id, mut replay) =
@@ -272,9 +274,17 @@ impl Driver {
                         // A batch without new rows still runs when the watermark has moved, so that
                         // windows it closes are emitted and evicted.
                         let watermark_moved = event_time && watermarks.current != watermarks.previous && batch_id > 0;
-                        if !has_data && !watermark_moved {
-                            self.shared.checks.send_modify(|c| c.1 = check.0);
+                        // Over processing time, time itself closes windows: a batch runs once the
+                        // clock passes the end of one, to emit it in append mode.
+                        let window_due = processing_time
+                            && self.output_mode == OutputMode::Append
+                            && operator
+                                .as_ref()
+                                .and_then(|o| o.next_close())
+                                .is_some_and(|end| end <= crate::time::now_nanos());
+                        if !has_data && !watermark_moved && !window_due {
                             if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
+                                self.shared.checks.send_modify(|c| c.1 = check.0);
                                 return Ok(());
                             }
                             let trouble: Vec<String> = cursors.iter().filter_map(|c| c.source.status()).collect();
@@ -282,7 +292,9 @@ impl Driver {
                                 true => "Waiting for data to arrive".to_string(),
                                 false => format!("Waiting for data to arrive ({})", trouble.join("; ")),
                             };
+                            // The status first: whoever `process_all_available` wakes sees it.
                             self.shared.set_status(&message, false, false);
+                            self.shared.checks.send_modify(|c| c.1 = check.0);
                             let wait = match self.trigger {
                                 Trigger::ProcessingTime(interval) => interval.saturating_sub(trigger_start.elapsed()),
                                 _ => IDLE_POLL,
@@ -294,6 +306,10 @@ impl Driver {
                         // then the offsets. The writes run while the batch is read and processed.
                         let now = chrono::Utc::now();
                         let batch_time = chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+                        if processing_time {
+                            // The batch's rows all have its time: windows ending by then are whole.
+                            watermarks.current = batch_time.timestamp_nanos_opt();
+                        }
                         let entry = OffsetEntry {
                             batch_id,
                             batch_timestamp_ms: batch_time.timestamp_millis(),
@@ -365,10 +381,14 @@ impl Driver {
                                 watermarks.current,
                             )?;
                             operator_metrics = Some(emitted.metrics);
-                            let output = execute_stream(aggregate.bind_post(emitted.rows)?, self.state.task_ctx())?;
+                            let post = aggregate.bind_post(&self.state, batch_time, emitted.rows).await?;
+                            let output = execute_stream(post, self.state.task_ctx())?;
                             let replaced = match emitted.replaced.num_rows() {
                                 0 => Vec::new(),
-                                _ => collect(aggregate.bind_post(emitted.replaced)?, self.state.task_ctx()).await?,
+                                _ => {
+                                    let post = aggregate.bind_post(&self.state, batch_time, emitted.replaced).await?;
+                                    collect(post, self.state.task_ctx()).await?
+                                }
                             };
                             wal_commit = wait_for_offsets(logging.take()).await?;
                             // The state's changes are written after the batch, with its commit.
@@ -574,6 +594,12 @@ impl Driver {
                     description: cursor.source.description(),
                     start_offset: start.as_ref().map(|o| o.0.clone()),
                     end_offset: cursor.committed.as_ref().map(|o| o.0.clone()),
+                    latest_offset: match self.trigger {
+                        Trigger::AvailableNow => cursor.cap.as_ref(),
+                        Trigger::Once => cursor.committed.as_ref(),
+                        Trigger::Default | Trigger::ProcessingTime(_) => None,
+                    }
+                    .map(|o| o.0.clone()),
                     num_input_rows: rows,
                     input_rows_per_second: since_previous.map_or(0.0, |d| rate(rows, d.as_secs_f64())),
                     processed_rows_per_second: rate(rows, duration.as_secs_f64()),

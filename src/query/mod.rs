@@ -65,6 +65,8 @@ pub(crate) struct QueryShared {
     pub(crate) status: Mutex<StreamingQueryStatus>,
     /// The newest [`RECENT_PROGRESS_KEPT`] progress reports, oldest first.
     pub(crate) progress: Mutex<VecDeque<StreamingQueryProgress>>,
+    /// Input rows of every batch so far, also those whose reports were let go.
+    pub(crate) input_rows: std::sync::atomic::AtomicU64,
     /// Set once to ask the driver to stop after the batch in flight.
     pub(crate) stop: watch::Sender<bool>,
     /// Wakes the driver from its wait for new input.
@@ -95,6 +97,7 @@ impl QueryShared {
                 is_trigger_active: false,
             }),
             progress: Mutex::default(),
+            input_rows: std::sync::atomic::AtomicU64::new(0),
             stop: watch::Sender::new(false),
             wake: Notify::new(),
             checks: watch::Sender::new((0, 0)),
@@ -111,6 +114,8 @@ impl QueryShared {
     }
 
     pub(crate) fn push_progress(&self, progress: StreamingQueryProgress) {
+        self.input_rows
+            .fetch_add(progress.num_input_rows, std::sync::atomic::Ordering::Relaxed);
         let mut recent = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_PROGRESS_KEPT {
             recent.pop_front();
@@ -129,6 +134,11 @@ impl StreamingQuery {
         StreamingQuery { shared }
     }
 
+    /// Input rows of every batch the query has run in this process.
+    pub(crate) fn total_input_rows(&self) -> u64 {
+        self.shared.input_rows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The query's id: stable across restarts from the same checkpoint.
     pub fn id(&self) -> &str {
         &self.shared.id
@@ -145,9 +155,22 @@ impl StreamingQuery {
     }
 
     /// The incremental plan as text: the plan run over each batch's rows and, for an aggregation,
-    /// the stateful operator and the plan run over its output (like Spark's `explain()`).
-    pub fn explain(&self) -> &str {
-        &self.shared.plan
+    /// the stateful operator and the plan run over its output (like Spark's `explain()`); once a
+    /// batch has run, the state it left (rows and bytes per stateful operator).
+    pub fn explain(&self) -> String {
+        let mut text = self.shared.plan.clone();
+        if let Some(last) = self.last_progress()
+            && !last.state_operators.is_empty()
+        {
+            text.push_str(&format!("== State after batch {} ==\n", last.batch_id));
+            for operator in &last.state_operators {
+                text.push_str(&format!(
+                    "{}: {} rows, {} bytes\n",
+                    operator.operator_name, operator.num_rows_total, operator.memory_used_bytes
+                ));
+            }
+        }
+        text
     }
 
     /// What the query is doing right now.

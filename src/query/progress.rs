@@ -71,6 +71,10 @@ pub struct SourceProgress {
     pub start_offset: Option<serde_json::Value>,
     /// Offset the batch read up to.
     pub end_offset: Option<serde_json::Value>,
+    /// How far the input of this run goes, where the run ends (Spark's `latestOffset`): for
+    /// `available_now`, the offset it stops at; for `once`, its batch's end; `None` otherwise.
+    #[serde(default)]
+    pub latest_offset: Option<serde_json::Value>,
     /// Rows read from this source.
     pub num_input_rows: u64,
     /// Rows per second of wall time since the previous batch started.

@@ -526,7 +526,7 @@ impl Reader {
         loop {
             buffer.reserve(READ_BYTES);
             let read = stream.read_buf(&mut buffer).await.map_err(Stop::Connection)?;
-            let arrived = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+            let arrived = crate::time::now_nanos();
             let mut lines = Vec::new();
             while let Some(at) = memchr::memchr(b'\n', &buffer) {
                 let mut line = buffer.split_to(at + 1).freeze();

@@ -1,7 +1,7 @@
 //! Streaming aggregation beyond the SQL files: progress of the state operator, bounded state on an
 //! endless stream, and the no-data batch that closes the last windows.
 
-use crate::common::{drop_file, push_json, query_rows, start};
+use crate::common::{drop_file, push_json, query_rows, sorted, start};
 use tidewater::StreamingSession;
 
 async fn hourly(session: &StreamingSession, mode: &str) -> tidewater::StreamingQuery {
@@ -200,6 +200,18 @@ async fn explain_shows_the_batch_plan_the_operator_and_the_post_plan() {
         "{plan}"
     );
     assert!(plan.contains("== Post plan =="), "{plan}");
+    assert!(!plan.contains("== State after"), "no batch yet: {plan}");
+    push_json(
+        &session,
+        "events",
+        &[r#"{"phone_id": 1, "time": "2026-01-01T10:05:00", "action": "open"}"#],
+    );
+    query.process_all_available().await.unwrap();
+    let plan = query.explain();
+    assert!(
+        plan.contains("== State after batch 1 ==\nstateStoreSave: 1 rows, "),
+        "{plan}"
+    );
     query.stop().await.unwrap();
 }
 
@@ -277,4 +289,86 @@ async fn a_window_ending_at_the_watermark_closes_and_later_rows_for_it_are_late(
     }
     assert_eq!(emitted, ["10|5"]);
     assert_eq!(dropped, 1);
+}
+
+/// Windows over processing time, DStream's way of counting (`countByWindow`, per-batch counts):
+/// `window(current_timestamp(), ...)` puts each row in the windows of the batch that read it (the
+/// batch's time, kept in the offsets log), complete mode counts each in every sliding window, and
+/// append mode emits a window once the clock has passed its end, with no new rows needed.
+#[tokio::test]
+async fn processing_time_windows_close_when_the_clock_passes_their_end() {
+    let session = StreamingSession::new();
+    session
+        .run_script(
+            "CREATE TABLE words (w VARCHAR) WITH (connector = 'memory');
+             CREATE TABLE sliding WITH (connector = 'memory', output_mode = 'complete');
+             CREATE TABLE tumbling WITH (connector = 'memory', output_mode = 'append');",
+        )
+        .await
+        .unwrap();
+    let sliding = start(
+        &session,
+        "INSERT INTO sliding SELECT w, count(*) AS n FROM words
+         GROUP BY w, window(current_timestamp(), '30 seconds', '10 seconds')",
+    )
+    .await;
+    let tumbling = start(
+        &session,
+        "INSERT INTO tumbling SELECT win['end'] - win.start AS width, n FROM (SELECT
+         window(current_timestamp(), '500 milliseconds') AS win, count(*) AS n
+         FROM words GROUP BY window(current_timestamp(), '500 milliseconds'))",
+    )
+    .await;
+    session
+        .sql("INSERT INTO words VALUES ('a'), ('b'), ('a')")
+        .await
+        .unwrap();
+    sliding.process_all_available().await.unwrap();
+    tumbling.process_all_available().await.unwrap();
+    // Every row is in three 30-second windows sliding every 10 seconds.
+    assert_eq!(
+        sorted(query_rows(&session, "SELECT * FROM sliding").await),
+        ["a|2", "a|2", "a|2", "b|1", "b|1", "b|1"]
+    );
+    // The batch's own window is still open at its time.
+    assert!(query_rows(&session, "SELECT * FROM tumbling").await.is_empty());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while query_rows(&session, "SELECT * FROM tumbling").await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{:?}", tumbling.recent_progress());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        query_rows(&session, "SELECT CAST(width AS VARCHAR), n FROM tumbling").await,
+        ["0 days 0 hours 0 mins 0.500000000 secs|3"]
+    );
+    let closing = tumbling.last_progress().unwrap();
+    assert_eq!(closing.num_input_rows, 0, "a batch without rows closed the window");
+    sliding.stop().await.unwrap();
+    tumbling.stop().await.unwrap();
+}
+
+/// `now()` after an aggregation is the batch's time, as before it: the plan after the stateful
+/// operator is planned again for each batch when it reads the clock.
+#[tokio::test]
+async fn now_after_an_aggregation_is_each_batch_s_time() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE words (w VARCHAR) WITH (connector = 'memory');
+         CREATE TABLE stamped WITH (connector = 'memory', output_mode = 'complete');
+         INSERT INTO stamped SELECT count(*) AS n, max(now()) AS in_batch, now() AS after FROM words",
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        session.sql("INSERT INTO words VALUES ('a')").await.unwrap();
+        query.process_all_available().await.unwrap();
+        let rows = query_rows(&session, "SELECT n, in_batch = after FROM stamped").await;
+        seen.push(query_rows(&session, "SELECT after FROM stamped").await);
+        assert_eq!(rows.len(), 1);
+        assert!(rows[0].ends_with("|true"), "now() is one time in a batch: {rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_ne!(seen[0], seen[1], "each batch has its own time");
+    query.stop().await.unwrap();
 }

@@ -37,6 +37,12 @@ pub(crate) fn cells(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     out
 }
 
+/// Rows in sorted order, to compare results whose order does not matter.
+pub(crate) fn sorted(mut rows: Vec<String>) -> Vec<String> {
+    rows.sort();
+    rows
+}
+
 /// The rows of a SQL query, as text.
 pub(crate) async fn query_rows(session: &StreamingSession, sql: &str) -> Vec<String> {
     rows(&session.sql(sql).await.unwrap().collect().await.unwrap())

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{drop_file, query_rows, start};
+use crate::common::{drop_file, query_rows, sorted, start};
 use tidewater::{ErrorKind, StreamingQuery, StreamingSession};
 
 /// Four good records — one with a quoted line end in `b` — and two bad ones, on lines 3 and 6.
@@ -67,11 +67,6 @@ const CASES: &[Case] = &[
         mode: "complete",
     },
 ];
-
-fn sorted(mut rows: Vec<String>) -> Vec<String> {
-    rows.sort();
-    rows
-}
 
 /// The good records of [`CSV`] read by DataFusion's own batch CSV reader: the reference a
 /// streaming query's rows must equal (with `drop_malformed`).

@@ -9,7 +9,7 @@ use tidewater::arrow::array::{Int32Array, RecordBatch, TimestampNanosecondArray}
 use tidewater::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tidewater::{StreamingQuery, StreamingSession};
 
-use crate::common::{query_rows, start};
+use crate::common::{query_rows, sorted, start};
 
 const HOUR: i64 = 3_600_000_000_000;
 const MINUTE: i64 = 60_000_000_000;
@@ -77,11 +77,6 @@ async fn run_batches(session: &StreamingSession, queries: &[StreamingQuery], bat
             q.process_all_available().await.unwrap();
         }
     }
-}
-
-fn sorted(mut rows: Vec<String>) -> Vec<String> {
-    rows.sort();
-    rows
 }
 
 const SLIDING: &str = "SELECT k, window(time, '1 hour', '20 minutes') AS w, count(*) AS n, max(v) AS high FROM {} \

@@ -266,3 +266,164 @@ async fn a_restarted_query_goes_on_after_the_lines_it_committed() {
     let left: Vec<String> = left.into_iter().filter(|name| !name.starts_with('.')).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Lines in the socket source's log in `checkpoint` (`sources/0/`): per chunk, 12 bytes of header
+/// per line (arrival time, length) then the line, and the seal after the content.
+fn logged_lines(checkpoint: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(checkpoint.join("sources/0")) else {
+        return 0;
+    };
+    let mut lines = 0;
+    for entry in entries {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let Ok(file) = std::fs::read(entry.path()) else {
+            continue; // deleted by a commit meanwhile
+        };
+        // The seal line says how long the content is.
+        let body = &file[..file.len() - 1];
+        let seal = body.iter().rposition(|b| *b == b'\n').unwrap();
+        let length: usize = std::str::from_utf8(&body[seal + 1..])
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut at = 0;
+        while at < length {
+            let len = u32::from_le_bytes(file[at + 8..at + 12].try_into().unwrap()) as usize;
+            at += 12 + len;
+            lines += 1;
+        }
+    }
+    lines
+}
+
+/// The CLI, killed with SIGKILL at random moments while a server sends numbered lines, and
+/// restarted over the same checkpoint: in the end the database holds every line once. Each kill
+/// comes after the process has read and logged all lines sent so far (the test watches the log and
+/// the table), so no line is in the kernel's buffers, where any client would lose it; the kill
+/// then lands while those lines are logged but not yet (all) committed, or mid-batch.
+#[tokio::test]
+async fn killed_at_random_the_cli_loses_and_repeats_no_line_it_read() {
+    const BURSTS: u64 = 12;
+    const PER_BURST: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let (listener, port) = server().await;
+    let checkpoint = dir.path().join("cp");
+    let db = dir.path().join("out.db");
+    let sql = dir.path().join("job.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE TABLE lines (value VARCHAR) WITH (connector = 'socket', host = '127.0.0.1', port = '{port}');
+             CREATE TABLE total WITH (connector = 'database', url = 'sqlite://{}', table = 'total',
+               output_mode = 'update', checkpoint_location = '{}', trigger = '50 milliseconds');
+             INSERT INTO total SELECT 'all' AS k, count(*) AS n, count(DISTINCT value) AS d,
+               max(CAST(value AS BIGINT)) AS hi FROM lines GROUP BY 'all';",
+            db.display(),
+            checkpoint.display()
+        ),
+    )
+    .unwrap();
+    let start_cli = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidewater"))
+            .arg("run")
+            .arg(&sql)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let committed = || async {
+        let url = format!("sqlite://{}", db.display());
+        let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+            return (0, 0, 0);
+        };
+        let row: Option<(i64, i64, i64)> = sqlx::query_as("SELECT n, d, hi FROM total")
+            .fetch_optional(&pool)
+            .await
+            .unwrap_or(None);
+        pool.close().await;
+        row.unwrap_or((0, 0, 0))
+    };
+    let mut seed = 0x5eed_u64;
+    let mut random = |below: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % below
+    };
+    let mut child = start_cli();
+    let mut client = accept(&listener).await;
+    let mut sent = 0;
+    for burst in 0..BURSTS {
+        let lines: String = (sent + 1..=sent + PER_BURST).map(|n| format!("{n}\n")).collect();
+        client.write_all(lines.as_bytes()).await.unwrap();
+        sent += PER_BURST;
+        // Wait until the process has every line sent so far: committed, or in its log.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (n, _, _) = committed().await;
+            if n as u64 == sent || n as u64 + logged_lines(&checkpoint) >= sent {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "burst {burst}: {n} committed of {sent}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if burst + 1 < BURSTS {
+            tokio::time::sleep(Duration::from_millis(random(120))).await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            drop(client);
+            child = start_cli();
+            client = accept(&listener).await;
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (n, d, hi) = committed().await;
+        if n as u64 >= sent {
+            assert_eq!((n as u64, d as u64, hi as u64), (sent, sent, sent), "every line once");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n} of {sent} lines committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// The Rust API reads a socket as SQL does: `read_stream().format("socket")`.
+#[tokio::test]
+async fn read_stream_format_socket_reads_lines() {
+    let (listener, port) = server().await;
+    let session = StreamingSession::new();
+    let lines = session
+        .read_stream()
+        .format("socket")
+        .option("host", "127.0.0.1")
+        .option("port", port)
+        .start()
+        .await
+        .unwrap();
+    let query = lines
+        .write_stream()
+        .format("memory")
+        .query_name("socket_lines")
+        .start()
+        .await
+        .unwrap();
+    let mut client = accept(&listener).await;
+    client.write_all(b"hello\nworld\n").await.unwrap();
+    wait_for_rows(&query, 2).await;
+    assert_eq!(
+        query_rows(&session, "SELECT value FROM socket_lines").await,
+        ["hello", "world"]
+    );
+    query.stop().await.unwrap();
+}
