@@ -28,6 +28,8 @@ use crate::sink::{ConsoleSink, MemorySink, Sink};
 use crate::source::{MemoryStream, Source};
 use crate::sql::{Parsed, Watermark, split_script};
 
+mod commands;
+
 /// What running one statement of a script did.
 #[derive(Debug)]
 pub enum StatementOutcome {
@@ -67,6 +69,9 @@ struct Inner {
     memory_streams: Mutex<HashMap<String, MemoryStream>>,
     /// Every query started in this session.
     queries: Mutex<Vec<StreamingQuery>>,
+    /// The output schema of each query started from SQL, by query id: `DESCRIBE` of a sink shows
+    /// the columns of the query writing into it (a sink has no columns of its own).
+    query_schemas: Mutex<HashMap<String, SchemaRef>>,
     /// Numbers the anonymous streams of `read_stream()`.
     next_anonymous: AtomicU64,
 }
@@ -130,6 +135,7 @@ impl StreamingSession {
                 sinks: Mutex::default(),
                 memory_streams: Mutex::default(),
                 queries: Mutex::default(),
+                query_schemas: Mutex::default(),
                 next_anonymous: AtomicU64::new(0),
             }),
         }
@@ -217,20 +223,16 @@ impl StreamingSession {
                 Ok(StatementOutcome::Done)
             }
             Parsed::Insert { target, query, .. } if lock(&self.inner.sinks).contains_key(&target) => {
-                let definition = lock(&self.inner.sinks)
-                    .get(&target)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal(format!("sink '{target}' vanished")))?;
-                let plan = self
-                    .plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query))))
-                    .await?;
-                Ok(StatementOutcome::Started(self.start_query(plan, definition).await?))
+                let definition = self.sink(&target)?;
+                let plan = self.plan_query(query).await?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let query = self.start_query(plan, definition).await?;
+                lock(&self.inner.query_schemas).insert(query.id().to_string(), schema);
+                Ok(StatementOutcome::Started(query))
             }
             Parsed::Insert { target, query, .. } if lock(&self.inner.memory_streams).contains_key(&target) => {
                 let stream = self.memory_stream(&target)?;
-                let plan = self
-                    .plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query))))
-                    .await?;
+                let plan = self.plan_query(query).await?;
                 let rows = self.push_rows(&target, &stream, plan).await?;
                 let count = RecordBatch::try_new(
                     Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)])),
@@ -239,7 +241,30 @@ impl StreamingSession {
                 .map_err(|e| Error::Internal(format!("count row: {e}")))?;
                 Ok(StatementOutcome::Rows(self.inner.ctx.read_batch(count)?))
             }
-            Parsed::Insert { statement, .. } | Parsed::Other(statement) => {
+            Parsed::ShowQueries => Ok(StatementOutcome::Rows(self.show_queries()?)),
+            Parsed::StopQuery { name } => Ok(StatementOutcome::Rows(self.stop_query(&name).await?)),
+            Parsed::ShowTables => Ok(StatementOutcome::Rows(self.show_tables().await?)),
+            Parsed::Describe { name, .. } if self.describes_sink(&name)? => {
+                Ok(StatementOutcome::Rows(self.describe_sink(&name)?))
+            }
+            Parsed::ExplainInsert { target, query, .. } if lock(&self.inner.sinks).contains_key(&target) => {
+                let definition = self.sink(&target)?;
+                let plan = self.plan_query(query).await?;
+                let incremental =
+                    IncrementalPlan::new(&self.streaming_state(), &plan, definition.query.output_mode).await?;
+                let text = explain_text(&incremental, &definition);
+                let lines = StringArray::from(text.lines().collect::<Vec<_>>());
+                let batch = RecordBatch::try_new(
+                    Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)])),
+                    vec![Arc::new(lines)],
+                )
+                .map_err(|e| Error::Internal(format!("explain rows: {e}")))?;
+                Ok(StatementOutcome::Rows(self.inner.ctx.read_batch(batch)?))
+            }
+            Parsed::Insert { statement, .. }
+            | Parsed::Other(statement)
+            | Parsed::Describe { statement, .. }
+            | Parsed::ExplainInsert { statement, .. } => {
                 let plan = self.plan_statement(statement).await?;
                 if let LogicalPlan::Ddl(DdlStatement::DropTable(drop)) = &plan {
                     return self.drop_table(drop).await;
@@ -253,6 +278,20 @@ impl StreamingSession {
                 Ok(StatementOutcome::Rows(self.inner.ctx.execute_logical_plan(plan).await?))
             }
         }
+    }
+
+    /// The declared sink `name`.
+    fn sink(&self, name: &str) -> Result<SinkDefinition> {
+        lock(&self.inner.sinks)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("sink '{name}' vanished")))
+    }
+
+    /// The logical plan of the `SELECT` of an `INSERT`.
+    async fn plan_query(&self, query: Box<ast::Query>) -> Result<LogicalPlan> {
+        self.plan_statement(DfStatement::Statement(Box::new(ast::Statement::Query(query))))
+            .await
     }
 
     /// `DROP TABLE`, for sinks and streams too. A sink a running query writes to stays.
@@ -431,13 +470,8 @@ impl StreamingSession {
         self.stream(&name).await
     }
 
-    /// Plans `plan` incrementally and starts its micro-batch loop writing to the sink.
-    pub(crate) async fn start_query(&self, plan: LogicalPlan, definition: SinkDefinition) -> Result<StreamingQuery> {
-        let options = &definition.query;
-        let name = options.query_name.clone().unwrap_or_else(|| definition.name.clone());
-        if self.active_queries().iter().any(|q| q.name() == Some(name.as_str())) {
-            return Err(Error::plan(format!("a query named '{name}' is already running")));
-        }
+    /// The DataFusion state streaming queries plan and run with.
+    fn streaming_state(&self) -> datafusion::execution::SessionState {
         let mut state = self.inner.ctx.state();
         // Keep each batch's rows in source order: a stateless batch is too small to gain from
         // round-robin repartitioning, and users expect output in input order.
@@ -446,6 +480,17 @@ impl StreamingSession {
             .options_mut()
             .optimizer
             .enable_round_robin_repartition = false;
+        state
+    }
+
+    /// Plans `plan` incrementally and starts its micro-batch loop writing to the sink.
+    pub(crate) async fn start_query(&self, plan: LogicalPlan, definition: SinkDefinition) -> Result<StreamingQuery> {
+        let options = &definition.query;
+        let name = options.query_name.clone().unwrap_or_else(|| definition.name.clone());
+        if self.active_queries().iter().any(|q| q.name() == Some(name.as_str())) {
+            return Err(Error::plan(format!("a query named '{name}' is already running")));
+        }
+        let state = self.streaming_state();
         let incremental = IncrementalPlan::new(&state, &plan, options.output_mode).await?;
         let (checkpoint, metadata, recovery) = self.open_checkpoint(&incremental, options).await?;
         let query_id = metadata.id.clone();
@@ -486,7 +531,7 @@ impl StreamingSession {
             ),
         };
         let state_partitions = metadata.state_partitions;
-        let explained = incremental.explain(state_partitions);
+        let explained = incremental.explain(&state_partitions.to_string());
         let shared = Arc::new(QueryShared::new(query_id, Some(name), explained));
         let query = StreamingQuery::new(shared.clone());
         let driver = Driver {
@@ -585,4 +630,30 @@ fn refuse_writing_into_sources(sink_path: &str, plan: &IncrementalPlan) -> Resul
         }
     }
     Ok(())
+}
+
+/// `EXPLAIN INSERT INTO <sink> ...`: where the rows go and how, what is read, then the
+/// incremental plan.
+fn explain_text(incremental: &IncrementalPlan, definition: &SinkDefinition) -> String {
+    let options = &definition.query;
+    let trigger = match options.trigger {
+        crate::query::Trigger::Default => "a batch as soon as new input is there".to_string(),
+        crate::query::Trigger::ProcessingTime(every) => format!("a batch every {every:?}"),
+        crate::query::Trigger::Once => "one batch of everything available, then stop".to_string(),
+        crate::query::Trigger::AvailableNow => "everything available at start, then stop".to_string(),
+    };
+    let partitions = options
+        .state_partitions
+        .map_or_else(|| "one per core".to_string(), |n| n.to_string());
+    let mut text = format!(
+        "== Query ==\nsink: {} ({}), output mode {}, {trigger}\n",
+        definition.name,
+        definition.kind.connector(),
+        options.output_mode
+    );
+    for input in incremental.inputs() {
+        text.push_str(&format!("reads: {input}\n"));
+    }
+    text.push_str(&incremental.explain(&partitions));
+    text
 }

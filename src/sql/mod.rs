@@ -1,10 +1,13 @@
 //! SQL for streams and sinks, on top of DataFusion's SQL.
 //!
-//! Scripts are split into statements with their line numbers, so errors can point at them. Three
+//! Scripts are split into statements with their line numbers, so errors can point at them. These
 //! statement shapes are ours, the rest go to DataFusion unchanged:
 //! - `CREATE TABLE name [(columns [, WATERMARK FOR col AS col - INTERVAL ...])] WITH (connector = ..., ...)`
 //!   declares a stream (with a column list, or `connector = 'rate'`) or a sink (without);
-//! - `INSERT INTO sink SELECT ...` starts a streaming query.
+//! - `INSERT INTO sink SELECT ...` starts a streaming query, and `EXPLAIN INSERT INTO sink ...`
+//!   shows its incremental plan;
+//! - `SHOW QUERIES`, `STOP QUERY name`, and `SHOW TABLES` / `DESCRIBE t` (which DataFusion also
+//!   knows, but without sinks, which are not in its catalog) look at and steer the session.
 //!
 //! The `WATERMARK` clause is not SQL that sqlparser knows; it is cut out of the token stream before
 //! parsing and kept beside the table.
@@ -61,6 +64,29 @@ pub(crate) enum Parsed {
         target: String,
         statement: DfStatement,
         query: Box<ast::Query>,
+    },
+    /// `EXPLAIN INSERT INTO ... SELECT ...`: for a sink, the incremental plan the query would run
+    /// (`statement`, DataFusion's own explain, for any other table).
+    ExplainInsert {
+        target: String,
+        query: Box<ast::Query>,
+        statement: DfStatement,
+    },
+    /// `SHOW QUERIES`: one row per streaming query of the session, running or ended.
+    ShowQueries,
+    /// `STOP QUERY name`: stops a running query (by name or id) after its current batch.
+    StopQuery {
+        /// The query's name or id, as written (unquoted).
+        name: String,
+    },
+    /// `SHOW TABLES` without filters: streams and sinks as well as DataFusion's tables.
+    ShowTables,
+    /// `DESCRIBE table` (or `DESC`): a sink is not in DataFusion's catalog, so the session
+    /// describes it; anything else goes to DataFusion as `statement`.
+    Describe {
+        /// The table's unquoted name.
+        name: String,
+        statement: DfStatement,
     },
     /// Anything else.
     Other(DfStatement),
@@ -119,6 +145,9 @@ impl ScriptStatement {
     /// Parses the statement.
     pub(crate) fn parse(self) -> Result<Parsed> {
         let mut tokens = self.tokens;
+        if let Some(parsed) = session_command(&tokens)? {
+            return Ok(parsed);
+        }
         let watermark = take_watermark(&mut tokens)?;
         let has_watermark = watermark.is_some();
         let mut statements = DFParserBuilder::new(tokens)
@@ -152,7 +181,51 @@ impl ScriptStatement {
                     },
                     _ => Parsed::Other(DfStatement::Statement(Box::new(ast::Statement::Insert(insert)))),
                 },
+                ast::Statement::ShowTables {
+                    terse: false,
+                    history: false,
+                    extended: false,
+                    full: false,
+                    external: false,
+                    show_options:
+                        ast::ShowStatementOptions {
+                            show_in: None,
+                            starts_with: None,
+                            limit: None,
+                            limit_from: None,
+                            filter_position: None,
+                        },
+                } => Parsed::ShowTables,
+                ast::Statement::ExplainTable {
+                    describe_alias: describe_alias @ (ast::DescribeAlias::Describe | ast::DescribeAlias::Desc),
+                    hive_format,
+                    has_table_keyword,
+                    table_name,
+                } => Parsed::Describe {
+                    name: object_name(&table_name),
+                    statement: DfStatement::Statement(Box::new(ast::Statement::ExplainTable {
+                        describe_alias,
+                        hive_format,
+                        has_table_keyword,
+                        table_name,
+                    })),
+                },
                 other => Parsed::Other(DfStatement::Statement(Box::new(other))),
+            },
+            DfStatement::Explain(explain) => match explain.statement.as_ref() {
+                DfStatement::Statement(inner) => match inner.as_ref() {
+                    ast::Statement::Insert(ast::Insert {
+                        table: ast::TableObject::TableName(name),
+                        source: Some(query),
+                        ..
+                    }) => Parsed::ExplainInsert {
+                        target: object_name(name),
+                        query: query.clone(),
+                        statement: DfStatement::Explain(explain.clone()),
+                    },
+                    _ => Parsed::Other(DfStatement::Explain(explain)),
+                },
+                _ => Parsed::Other(DfStatement::Explain(explain)),
             },
             other => Parsed::Other(other),
         };
@@ -163,6 +236,39 @@ impl ScriptStatement {
         }
         Ok(parsed)
     }
+}
+
+/// `SHOW QUERIES` and `STOP QUERY <name>`, which sqlparser does not know, from the tokens of a
+/// statement; `None` for any other statement.
+///
+/// # Errors
+/// A statement that starts like one of them but does not have its shape, with the shape.
+fn session_command(tokens: &[TokenWithSpan]) -> Result<Option<Parsed>> {
+    let words: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let is = |i: usize, word: &str| match words.get(i) {
+        Some(Token::Word(w)) => w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word),
+        _ => false,
+    };
+    if is(0, "show") && is(1, "queries") {
+        return match words.len() {
+            2 => Ok(Some(Parsed::ShowQueries)),
+            _ => Err(Error::plan("SHOW QUERIES takes nothing after it")),
+        };
+    }
+    if !is(0, "stop") {
+        return Ok(None);
+    }
+    let usage = "the statement is STOP QUERY <name or id> (quote an id: STOP QUERY 'f81d4fae-...')";
+    let name = match (is(1, "query"), words.get(2), words.len()) {
+        (true, Some(Token::Word(w)), 3) => w.value.clone(),
+        (true, Some(Token::SingleQuotedString(s)), 3) => s.clone(),
+        _ => return Err(Error::plan(usage)),
+    };
+    Ok(Some(Parsed::StopQuery { name }))
 }
 
 /// The unquoted name a user meant: the last part of a possibly qualified name.

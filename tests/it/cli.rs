@@ -238,3 +238,60 @@ async fn ctrl_c_ends_a_start_that_waits_on_a_silent_database() {
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(took < std::time::Duration::from_secs(3), "exited {took:?} after SIGINT");
 }
+
+/// The live progress lines are drawn only on a terminal: with standard error piped, `run` prints
+/// what it always did (a plain line per batch with `--progress`, nothing without), no escape
+/// codes; in a pseudo-terminal, the line of an `available_now` files job shows its files.
+#[test]
+fn live_progress_lines_only_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    drop_file(&input, "1.txt", b"one\ntwo\n");
+    drop_file(&input, "2.txt", b"three\n");
+    let sql = write_sql(
+        dir.path(),
+        &format!(
+            "CREATE TABLE lines (value VARCHAR) WITH (connector = 'files', format = 'text', path = '{}', max_files_per_trigger = '1');
+             CREATE TABLE out WITH (connector = 'memory', trigger = 'available_now');
+             INSERT INTO out SELECT upper(value) AS line FROM lines;",
+            input.display()
+        ),
+    );
+    for per_batch in [true, false] {
+        let mut command = tidewater();
+        command.arg("run").arg(&sql).env_remove("RUST_LOG");
+        if per_batch {
+            command.arg("--progress");
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(!stderr.contains('\x1b') && !stderr.contains('\r'), "{stderr:?}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        match per_batch {
+            true => assert!(
+                lines.len() == 2 && lines.iter().all(|l| l.starts_with("[out] batch ")),
+                "{stderr}"
+            ),
+            false => assert!(lines.is_empty(), "{stderr}"),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    {
+        let mut command = tidewater();
+        command.arg("run").arg(&sql).env("TERM", "xterm").env_remove("RUST_LOG");
+        let options = rexpect::session::Options::new()
+            .timeout_ms(Some(60_000))
+            .strip_ansi_escape_codes(true);
+        let mut terminal = rexpect::session::spawn_with_options(command, options).unwrap();
+        terminal.exp_string("2 files, 3 rows, 2 batches").unwrap();
+        terminal.exp_string("ended").unwrap();
+        terminal.exp_eof().unwrap();
+        match terminal.process().wait().unwrap() {
+            rexpect::process::WaitStatus::Exited(_, code) => assert_eq!(code, 0),
+            other => panic!("tidewater run did not exit: {other:?}"),
+        }
+    }
+}

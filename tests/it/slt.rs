@@ -25,7 +25,11 @@ impl sqllogictest::AsyncDB for Tidewater {
             query.process_all_available().await?;
         }
         let frame = self.session.sql(sql).await?;
-        let is_query = sql.trim_start().to_ascii_lowercase().starts_with("select");
+        let lower = sql.trim_start().to_ascii_lowercase();
+        // SHOW, DESCRIBE and EXPLAIN return rows too (and `statement ok` takes rows).
+        let is_query = ["select", "show", "describe", "desc ", "explain"]
+            .iter()
+            .any(|k| lower.starts_with(k));
         let batches = frame.collect().await?;
         if !is_query {
             return Ok(DBOutput::StatementComplete(0));
@@ -63,9 +67,17 @@ async fn slt() {
     let mut failures = Vec::new();
     for path in paths {
         let mut runner = sqllogictest::Runner::new(|| async {
-            Ok(Tidewater {
-                session: StreamingSession::new(),
-            })
+            let session = StreamingSession::new();
+            // Plans (EXPLAIN) show as many partitions on every machine.
+            session
+                .context()
+                .state_ref()
+                .write()
+                .config_mut()
+                .options_mut()
+                .execution
+                .target_partitions = 2;
+            Ok(Tidewater { session })
         });
         let result = if complete {
             runner
