@@ -27,13 +27,13 @@ pub(crate) async fn socket_lines(
     host: &str,
     port: u16,
 ) -> tidewater::Result<StreamingDataFrame> {
-    // `read_stream()` has no socket format yet: declare the stream in SQL, then take it as a frame.
     session
-        .sql(&format!(
-            "CREATE TABLE lines (value VARCHAR) WITH (connector = 'socket', host = '{host}', port = '{port}')"
-        ))
-        .await?;
-    session.stream("lines").await
+        .read_stream()
+        .format("socket")
+        .option("host", host)
+        .option("port", port)
+        .start()
+        .await
 }
 
 /// One row per word (`lines.flatMap(lambda line: line.split(" "))`), empty words left out.

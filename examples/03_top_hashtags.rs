@@ -18,7 +18,6 @@ use tidewater::datafusion::functions::core::expr_ext::FieldAccessor;
 use tidewater::datafusion::functions::expr_fn::{lower, now, regexp_replace, starts_with};
 use tidewater::datafusion::functions_aggregate::expr_fn::count;
 use tidewater::datafusion::functions_nested::expr_fn::string_to_array;
-use tidewater::datafusion::logical_expr::Expr;
 use tidewater::datafusion::prelude::{col, lit};
 use tidewater::{OutputMode, StreamingDataFrame, StreamingSession};
 
@@ -31,30 +30,19 @@ pub(crate) async fn socket_tweets(
     host: &str,
     port: u16,
 ) -> tidewater::Result<StreamingDataFrame> {
-    // `read_stream()` has no socket format yet: declare the stream in SQL, then take it as a frame.
     session
-        .sql(&format!(
-            "CREATE TABLE tweets (value VARCHAR) WITH (connector = 'socket', host = '{host}', port = '{port}')"
-        ))
-        .await?;
-    session.stream("tweets").await
-}
-
-/// `window(time, width, slide)`: [`tidewater::window`] takes no slide, so add it to the call.
-fn sliding_window(time: Expr, width: &str, slide: &str) -> Expr {
-    match tidewater::window(time, width) {
-        Expr::ScalarFunction(mut call) => {
-            call.args.push(lit(slide));
-            Expr::ScalarFunction(call)
-        }
-        other => other,
-    }
+        .read_stream()
+        .format("socket")
+        .option("host", host)
+        .option("port", port)
+        .start()
+        .await
 }
 
 /// The top hashtags of the last 60 seconds: columns `window_start`, `window_end`, `hashtag`, `n`,
 /// most used first (complete mode).
 pub(crate) fn top_hashtags(tweets: StreamingDataFrame) -> tidewater::Result<StreamingDataFrame> {
-    let window = || sliding_window(now(), "60 seconds", "10 seconds");
+    let window = || tidewater::sliding_window(now(), "60 seconds", "10 seconds");
     let slide = lit(ScalarValue::new_interval_mdn(0, 0, 10_000_000_000));
     tweets
         .select(vec![

@@ -22,7 +22,6 @@ use tidewater::datafusion::common::ScalarValue;
 use tidewater::datafusion::functions::core::expr_ext::FieldAccessor;
 use tidewater::datafusion::functions::expr_fn::now;
 use tidewater::datafusion::functions_aggregate::expr_fn::{count, sum};
-use tidewater::datafusion::logical_expr::Expr;
 use tidewater::datafusion::prelude::{col, lit};
 use tidewater::{OutputMode, StreamingDataFrame, StreamingQuery, StreamingSession, Trigger};
 
@@ -75,24 +74,16 @@ pub(crate) fn top_clients(orders: StreamingDataFrame) -> tidewater::Result<Strea
         })
 }
 
-/// `window(time, width, slide)`: [`tidewater::window`] takes no slide, so add it to the call.
-fn sliding_window(time: Expr, width: &str, slide: &str) -> Expr {
-    match tidewater::window(time, width) {
-        Expr::ScalarFunction(mut call) => {
-            call.args.push(lit(slide));
-            Expr::ScalarFunction(call)
-        }
-        other => other,
-    }
-}
-
 /// The 5 symbols most traded (by amount) in the last hour: `window_start`, `window_end`,
 /// `symbol`, `amount`. Use complete mode.
 pub(crate) fn top_symbols_last_hour(orders: StreamingDataFrame) -> tidewater::Result<StreamingDataFrame> {
     let slide = lit(ScalarValue::new_interval_mdn(0, 0, 3_000_000_000));
     orders
         .aggregate(
-            vec![sliding_window(now(), "1 hour", "3 seconds").alias("w"), col("symbol")],
+            vec![
+                tidewater::sliding_window(now(), "1 hour", "3 seconds").alias("w"),
+                col("symbol"),
+            ],
             vec![sum(col("amount")).alias("amount")],
         )?
         // Of the 1200 one-hour windows an order is in, the one that ends next is the last hour.

@@ -14,7 +14,6 @@
 
 use tidewater::datafusion::functions::expr_fn::now;
 use tidewater::datafusion::functions_aggregate::expr_fn::count;
-use tidewater::datafusion::logical_expr::Expr;
 use tidewater::datafusion::prelude::lit;
 use tidewater::{OutputMode, StreamingDataFrame, StreamingSession};
 
@@ -24,31 +23,20 @@ pub(crate) async fn socket_lines(
     host: &str,
     port: u16,
 ) -> tidewater::Result<StreamingDataFrame> {
-    // `read_stream()` has no socket format yet: declare the stream in SQL, then take it as a frame.
     session
-        .sql(&format!(
-            "CREATE TABLE lines (value VARCHAR) WITH (connector = 'socket', host = '{host}', port = '{port}')"
-        ))
-        .await?;
-    session.stream("lines").await
-}
-
-/// `window(time, width, slide)`: [`tidewater::window`] takes no slide, so add it to the call.
-fn sliding_window(time: Expr, width: &str, slide: &str) -> Expr {
-    match tidewater::window(time, width) {
-        Expr::ScalarFunction(mut call) => {
-            call.args.push(lit(slide));
-            Expr::ScalarFunction(call)
-        }
-        other => other,
-    }
+        .read_stream()
+        .format("socket")
+        .option("host", host)
+        .option("port", port)
+        .start()
+        .await
 }
 
 /// Lines per 30-second window sliding every 10 seconds: `last_30_seconds` (`{start, end}`),
 /// `lines`. Use append mode.
 pub(crate) fn count_by_window(lines: StreamingDataFrame) -> tidewater::Result<StreamingDataFrame> {
     lines.aggregate(
-        vec![sliding_window(now(), "30 seconds", "10 seconds").alias("last_30_seconds")],
+        vec![tidewater::sliding_window(now(), "30 seconds", "10 seconds").alias("last_30_seconds")],
         vec![count(lit(1)).alias("lines")],
     )
 }

@@ -35,6 +35,25 @@ pub fn window(time: Expr, width: &str) -> Expr {
     udf.call(vec![time, datafusion::logical_expr::lit(width)])
 }
 
+/// The sliding windows of `time`, `width` wide and starting every `slide` (e.g. `"1 hour"` every
+/// `"10 minutes"`), as SQL's `window(time, '1 hour', '10 minutes')`: a row counts in every window
+/// that holds it.
+///
+/// # Examples
+/// ```
+/// use tidewater::datafusion::prelude::col;
+/// let hours = tidewater::sliding_window(col("time"), "1 hour", "10 minutes");
+/// assert_eq!(hours.schema_name().to_string(), "window(time,Utf8(\"1 hour\"),Utf8(\"10 minutes\"))");
+/// ```
+pub fn sliding_window(time: Expr, width: &str, slide: &str) -> Expr {
+    let udf = datafusion::logical_expr::ScalarUDF::new_from_impl(crate::sql::window::TimeWindow::new());
+    udf.call(vec![
+        time,
+        datafusion::logical_expr::lit(width),
+        datafusion::logical_expr::lit(slide),
+    ])
+}
+
 /// The session of `time` with this gap (e.g. `"30 minutes"`), as in SQL's
 /// `session_window(time, '30 minutes')`: a struct `{start, end}` to group by on a stream.
 pub fn session_window(time: Expr, gap: &str) -> Expr {

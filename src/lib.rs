@@ -99,7 +99,7 @@ pub mod fuzzing;
 
 pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};
-pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame, session_window, window};
+pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame, session_window, sliding_window, window};
 pub use query::{
     SinkProgress, SourceProgress, StateOperatorProgress, StreamingQuery, StreamingQueryProgress, StreamingQueryStatus,
     Trigger,
