@@ -14,16 +14,10 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 
 use crate::error::Result;
-pub(crate) use crate::options::Options;
+pub(crate) use crate::options::{Options, parse_duration};
 use crate::query::Trigger;
-use crate::sink::{OutputMode, SinkFormat};
+use crate::sink::{OutputMode, SinkConnector, SinkSpec};
 use crate::source::{MemoryStream, Source, SourceConnector, SourceRequest};
-
-/// A sink connector's name and the options it accepts.
-type Connector = (&'static str, &'static [&'static str]);
-
-/// The most rows a console sink prints per batch.
-const MAX_CONSOLE_ROWS: usize = 1_000_000;
 
 /// Every source connector. A new source is its own file, with its `CONNECTOR`, and one line here.
 const SOURCE_CONNECTORS: &[SourceConnector] = &[
@@ -33,23 +27,12 @@ const SOURCE_CONNECTORS: &[SourceConnector] = &[
     crate::source::socket::CONNECTOR,
 ];
 
-/// Sink connectors and the options each accepts, besides [`QUERY_OPTIONS`].
-const SINK_CONNECTORS: &[Connector] = &[
-    ("console", &["num_rows", "truncate"]),
-    ("memory", &[]),
-    ("files", &["path", "format", "partition_by"]),
-    (
-        "database",
-        &["url", "table", "key", "connect_timeout", "statement_timeout"],
-    ),
-];
-
-/// File formats the files sink writes; each also works as a sink connector name, so that
-/// `.format("parquet").option("path", ..)` means the files sink, as in Spark.
-const SINK_FILE_FORMATS: &[(&str, SinkFormat)] = &[
-    ("parquet", SinkFormat::Parquet),
-    ("csv", SinkFormat::Csv),
-    ("json", SinkFormat::Json),
+/// Every sink connector. A new sink is its own file, with its `CONNECTOR`, and one line here.
+const SINK_CONNECTORS: &[SinkConnector] = &[
+    crate::sink::console::CONNECTOR,
+    crate::sink::memory::CONNECTOR,
+    crate::sink::files::CONNECTOR,
+    crate::sink::database::CONNECTOR,
 ];
 
 /// Options of the streaming query that writes to a sink, valid for every sink.
@@ -64,24 +47,6 @@ const QUERY_OPTIONS: &[&str] = &[
 ];
 
 impl Options {
-    /// The `connector` option, checked against `connectors`, with the options that connector takes.
-    fn connector(&self, connectors: &[Connector]) -> Result<Connector> {
-        let names: Vec<&str> = connectors.iter().map(|(n, _)| *n).collect();
-        let given = self
-            .get("connector")
-            .ok_or_else(|| self.error(format!("option 'connector' is required; one of: {}", names.join(", "))))?;
-        connectors
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(given.trim()))
-            .copied()
-            .ok_or_else(|| {
-                self.error(format!(
-                    "connector '{given}' is not known here; one of: {}",
-                    names.join(", ")
-                ))
-            })
-    }
-
     /// Whether a `CREATE TABLE ... WITH` declares a sink rather than a stream: a table of a
     /// connector that is only a source (rate, socket) is a stream; otherwise a table with columns
     /// is a stream and one without is a sink (its columns are those of the query writing to it).
@@ -156,8 +121,8 @@ fn is_sink_connector(name: &str) -> bool {
 fn sink_names() -> Vec<&'static str> {
     SINK_CONNECTORS
         .iter()
-        .map(|(n, _)| *n)
-        .chain(SINK_FILE_FORMATS.iter().map(|(n, _)| *n))
+        .map(|c| c.name)
+        .chain(crate::sink::files::FORMATS.iter().map(|(n, _)| *n))
         .collect()
 }
 
@@ -165,57 +130,11 @@ fn sink_names() -> Vec<&'static str> {
 #[derive(Debug, Clone)]
 pub(crate) struct SinkDefinition {
     pub(crate) name: String,
-    pub(crate) kind: SinkKind,
+    /// The sink's connector, as the `connector` option names it.
+    pub(crate) connector: &'static str,
+    /// The sink's own options, read.
+    pub(crate) spec: Arc<dyn SinkSpec>,
     pub(crate) query: QueryOptions,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) enum SinkKind {
-    Console {
-        num_rows: usize,
-        truncate: bool,
-    },
-    /// A table in SQLite, PostgreSQL or MySQL.
-    Database {
-        /// The connection URL (`sqlite://`, `postgres://`, `mysql://`).
-        url: String,
-        /// The table written to.
-        table: String,
-        /// The `key` option: the columns that identify a row (upsert key, primary key).
-        key: Option<Vec<String>>,
-        /// How long connecting and each statement step may take.
-        limits: crate::sink::database::Limits,
-    },
-    Memory,
-    /// Parquet, CSV or JSON files in a directory, committed through a manifest log.
-    Files {
-        /// The directory: a local path or an object store URL.
-        path: String,
-        /// The files' format.
-        format: SinkFormat,
-        /// Columns whose values name the `column=value/` directories rows go to.
-        partition_by: Vec<String>,
-    },
-}
-
-impl SinkKind {
-    /// The connector's name, as the `connector` option gives it.
-    pub(crate) fn connector(&self) -> &'static str {
-        match self {
-            SinkKind::Console { .. } => "console",
-            SinkKind::Database { .. } => "database",
-            SinkKind::Memory => "memory",
-            SinkKind::Files { .. } => "files",
-        }
-    }
-
-    /// Refuses an output mode this sink cannot serve, saying why.
-    pub(crate) fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
-        match self {
-            SinkKind::Files { .. } => crate::sink::files::check_output_mode(mode),
-            _ => Ok(()),
-        }
-    }
 }
 
 /// The options of the query that writes to a sink.
@@ -236,72 +155,17 @@ pub(crate) struct QueryOptions {
 /// Reads a sink's options.
 pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefinition> {
     let options = &files_format_as_connector(options)?;
-    let (connector, own) = options.connector(SINK_CONNECTORS)?;
-    let valid: Vec<&str> = own.iter().chain(QUERY_OPTIONS).copied().collect();
-    options.check_known(connector, &valid)?;
-    let kind = match connector {
-        "console" => SinkKind::Console {
-            num_rows: options.positive("num_rows", MAX_CONSOLE_ROWS)?.unwrap_or(20),
-            truncate: options.boolean("truncate")?.unwrap_or(true),
-        },
-        "database" => {
-            let url = options.required("url")?.trim().to_string();
-            if !crate::sink::database::is_supported_url(&url) {
-                return Err(options.error(format!(
-                    "option 'url' must start with sqlite://, postgres:// or mysql:// (got '{}')",
-                    url.split("://").next().unwrap_or_default()
-                )));
-            }
-            let table = options.required("table")?.to_string();
-            if table.trim().is_empty() {
-                return Err(options.error("option 'table' must name a table"));
-            }
-            let key = options
-                .get("key")
-                .map(|k| crate::sink::database::parse_key(k).map_err(|m| options.error(format!("option 'key': {m}"))))
-                .transpose()?;
-            let mut limits = crate::sink::database::Limits::default();
-            for (option, limit) in [
-                ("connect_timeout", &mut limits.connect),
-                ("statement_timeout", &mut limits.statement),
-            ] {
-                if let Some(text) = options.get(option) {
-                    *limit = parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
-                        options.error(format!(
-                            "option '{option}' must be a positive duration such as '10 seconds' or '5 minutes' \
-                                 (got '{text}')"
-                        ))
-                    })?;
-                }
-            }
-            SinkKind::Database {
-                url,
-                table,
-                key,
-                limits,
-            }
-        }
-        "files" => {
-            let partition_by = options
-                .get("partition_by")
-                .map(|columns| {
-                    columns
-                        .split(',')
-                        .map(|c| c.trim().to_string())
-                        .filter(|c| !c.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-            SinkKind::Files {
-                path: options.required("path")?.to_string(),
-                format: options
-                    .choice("format", SINK_FILE_FORMATS)?
-                    .unwrap_or(SinkFormat::Parquet),
-                partition_by,
-            }
-        }
-        _ => SinkKind::Memory,
-    };
+    let names = || sink_names().join(", ");
+    let given = options
+        .get("connector")
+        .ok_or_else(|| options.error(format!("option 'connector' is required; one of: {}", names())))?;
+    let connector = SINK_CONNECTORS
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case(given.trim()))
+        .ok_or_else(|| options.error(format!("connector '{given}' is not known here; one of: {}", names())))?;
+    let valid: Vec<&str> = connector.options.iter().chain(QUERY_OPTIONS).copied().collect();
+    options.check_known(connector.name, &valid)?;
+    let spec = (connector.parse)(options)?;
     let output_mode = options
         .choice(
             "output_mode",
@@ -314,21 +178,22 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
         .unwrap_or_default();
     // Exactly-once sinks skip the batch ids they already have, so a restarted query must go on
     // with its batch ids: that needs a checkpoint.
-    if matches!(kind, SinkKind::Files { .. } | SinkKind::Database { .. })
+    if spec.exactly_once()
         && options
             .get("checkpoint_location")
             .is_none_or(|l| l.trim() == crate::checkpoint::NO_CHECKPOINT)
     {
-        let hint = match connector {
+        let hint = match connector.name {
             "files" => " (a files table without a column list is a sink; with one, it is a stream)",
             _ => "",
         };
         return Err(options.error(format!(
             "the {connector} sink needs option 'checkpoint_location' (a path or URL): it writes each batch \
-             once by its id, so a restarted query must go on with its batch ids{hint}"
+             once by its id, so a restarted query must go on with its batch ids{hint}",
+            connector = connector.name
         )));
     }
-    kind.check_output_mode(output_mode)
+    spec.check_output_mode(output_mode)
         .map_err(|e| options.error(e.to_string()))?;
     let trigger = match options.get("trigger") {
         None => Trigger::default(),
@@ -336,7 +201,8 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
     };
     Ok(SinkDefinition {
         name: name.to_string(),
-        kind,
+        connector: connector.name,
+        spec,
         query: QueryOptions {
             output_mode,
             trigger,
@@ -356,7 +222,7 @@ pub(crate) fn sink_definition(name: &str, options: &Options) -> Result<SinkDefin
 /// `connector = 'parquet'` (or csv, json) as `connector = 'files', format = 'parquet'`.
 fn files_format_as_connector(options: &Options) -> Result<Options> {
     let connector = options.get("connector").map(|c| c.trim().to_ascii_lowercase());
-    let Some((format, _)) = SINK_FILE_FORMATS
+    let Some((format, _)) = crate::sink::files::FORMATS
         .iter()
         .find(|(name, _)| connector.as_deref() == Some(*name))
     else {
@@ -383,38 +249,5 @@ pub(crate) fn parse_trigger(text: &str) -> std::result::Result<Trigger, String> 
         _ => parse_duration(text)
             .map(Trigger::ProcessingTime)
             .map_err(|m| format!("{m}; a trigger is available_now, once, or an interval such as '2 seconds'")),
-    }
-}
-
-/// Parses a duration such as `'10 seconds'`, `'1 hour'`, `'500 milliseconds'` or `'1 day 2 hours'`.
-///
-/// # Examples
-/// ```
-/// # use std::time::Duration;
-/// # use tidewater::parse_duration;
-/// assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
-/// assert_eq!(parse_duration("1 hour"), Ok(Duration::from_secs(3600)));
-/// assert!(parse_duration("1 month").is_err());
-/// ```
-pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
-    let text = text.trim();
-    let interval = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text)
-        .map_err(|_| format!("'{text}' is not a duration (e.g. '10 seconds', '5 minutes', '1 hour')"))?;
-    if interval.months != 0 {
-        return Err(format!(
-            "'{text}' has months or years, whose length varies; use days, hours, minutes, seconds or milliseconds"
-        ));
-    }
-    let nanos = i128::from(interval.days) * i128::from(crate::time::NANOS_PER_DAY) + i128::from(interval.nanoseconds);
-    if nanos < 0 {
-        return Err(format!("'{text}' is negative"));
-    }
-    // Event times are nanoseconds in an i64, so no longer duration can be added to one.
-    match u64::try_from(nanos) {
-        Ok(n) if n <= i64::MAX as u64 => Ok(Duration::from_nanos(n)),
-        _ => Err(format!(
-            "'{text}' is longer than the longest duration the engine computes with ({})",
-            crate::time::longest_duration()
-        )),
     }
 }

@@ -199,7 +199,7 @@ impl StreamingDataFrame {
     /// # Errors
     /// A bad delay, or no stream of this frame has a timestamp column of that name.
     pub fn with_watermark(self, column: &str, delay: &str) -> Result<Self> {
-        let delay = crate::connector::parse_duration(delay).map_err(|m| Error::option("with_watermark()", m))?;
+        let delay = crate::options::parse_duration(delay).map_err(|m| Error::option("with_watermark()", m))?;
         let watermark = Watermark {
             column: column.to_string(),
             delay,

@@ -97,9 +97,9 @@ pub(crate) mod time;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use connector::parse_duration;
 pub use error::{Error, ErrorKind, Result};
 pub use frame::{DataStreamReader, DataStreamWriter, StreamingDataFrame, session_window, sliding_window, window};
+pub use options::parse_duration;
 pub use query::{
     SinkProgress, SourceProgress, StateOperatorProgress, StreamingQuery, StreamingQueryProgress, StreamingQueryStatus,
     Trigger,

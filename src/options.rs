@@ -4,6 +4,7 @@
 //! It sits below sources and sinks, so each connector reads its own options in its own file.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -100,5 +101,38 @@ impl Options {
     pub(crate) fn required(&self, key: &str) -> Result<&str> {
         self.get(key)
             .ok_or_else(|| self.error(format!("option '{key}' is required")))
+    }
+}
+
+/// Parses a duration such as `'10 seconds'`, `'1 hour'`, `'500 milliseconds'` or `'1 day 2 hours'`.
+///
+/// # Examples
+/// ```
+/// # use std::time::Duration;
+/// # use tidewater::parse_duration;
+/// assert_eq!(parse_duration("2 seconds"), Ok(Duration::from_secs(2)));
+/// assert_eq!(parse_duration("1 hour"), Ok(Duration::from_secs(3600)));
+/// assert!(parse_duration("1 month").is_err());
+/// ```
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let interval = datafusion::arrow::compute::kernels::cast_utils::parse_interval_month_day_nano(text)
+        .map_err(|_| format!("'{text}' is not a duration (e.g. '10 seconds', '5 minutes', '1 hour')"))?;
+    if interval.months != 0 {
+        return Err(format!(
+            "'{text}' has months or years, whose length varies; use days, hours, minutes, seconds or milliseconds"
+        ));
+    }
+    let nanos = i128::from(interval.days) * i128::from(crate::time::NANOS_PER_DAY) + i128::from(interval.nanoseconds);
+    if nanos < 0 {
+        return Err(format!("'{text}' is negative"));
+    }
+    // Event times are nanoseconds in an i64, so no longer duration can be added to one.
+    match u64::try_from(nanos) {
+        Ok(n) if n <= i64::MAX as u64 => Ok(Duration::from_nanos(n)),
+        _ => Err(format!(
+            "'{text}' is longer than the longest duration the engine computes with ({})",
+            crate::time::longest_duration()
+        )),
     }
 }

@@ -18,13 +18,13 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 
 use crate::checkpoint::{Checkpoint, Metadata, Recovery, check_compatible};
-use crate::connector::{self, Options, QueryOptions, SinkDefinition, SinkKind};
+use crate::connector::{self, Options, QueryOptions, SinkDefinition};
 use crate::error::{Error, Result};
 use crate::frame::{DataStreamReader, StreamingDataFrame};
 use crate::planner::{IncrementalPlan, StreamTable, contains_stream, first_stream};
 use crate::query::driver::{Driver, Retention};
 use crate::query::{QueryShared, StreamingQuery};
-use crate::sink::{ConsoleSink, MemorySink, Sink};
+use crate::sink::SinkRequest;
 use crate::source::{MemoryStream, Source};
 use crate::sql::{Parsed, Watermark, split_script};
 
@@ -494,42 +494,24 @@ impl StreamingSession {
         let incremental = IncrementalPlan::new(&state, &plan, options.output_mode).await?;
         let (checkpoint, metadata, recovery) = self.open_checkpoint(&incremental, options).await?;
         let query_id = metadata.id.clone();
-        let sink: Arc<dyn Sink> = match &definition.kind {
-            SinkKind::Memory => {
-                let table = Arc::new(MemorySink::new(name.clone(), incremental.schema()));
-                self.inner.ctx.deregister_table(name.as_str())?;
-                self.inner.ctx.register_table(name.as_str(), table.clone())?;
-                table
-            }
-            SinkKind::Console { num_rows, truncate } => Arc::new(ConsoleSink::new(*num_rows, *truncate)),
-            SinkKind::Files {
-                path,
-                format,
-                partition_by,
-            } => Arc::new({
-                refuse_writing_into_sources(path, &incremental)?;
-                crate::sink::FileSink::try_new(path, *format, partition_by, &incremental.schema(), options.output_mode)?
-            }),
-            SinkKind::Database {
-                url,
-                table,
-                key,
-                limits,
-            } => Arc::new(
-                crate::sink::database::DatabaseSink::connect(crate::sink::database::DatabaseSinkConfig {
-                    url: url.clone(),
-                    table: table.clone(),
-                    key: key.clone(),
-                    grouping_key: incremental.output_keys(),
-                    session_key: incremental.session_output(),
-                    schema: incremental.schema(),
-                    output_mode: options.output_mode,
-                    query_id: query_id.clone(),
-                    limits: *limits,
-                })
-                .await?,
-            ),
-        };
+        let source_directories = incremental
+            .sources()
+            .iter()
+            .filter_map(|source| Some((source.directory()?, source.description())))
+            .collect();
+        let sink = definition
+            .spec
+            .build(SinkRequest {
+                name: &name,
+                context: &self.inner.ctx,
+                schema: incremental.schema(),
+                output_mode: options.output_mode,
+                query_id: &query_id,
+                grouping_key: incremental.output_keys(),
+                session_key: incremental.session_output(),
+                source_directories,
+            })
+            .await?;
         let state_partitions = metadata.state_partitions;
         let explained = incremental.explain(&state_partitions.to_string());
         let shared = Arc::new(QueryShared::new(query_id, Some(name), explained));
@@ -611,27 +593,6 @@ fn check_state_partitions(partitions: usize, what: &str) -> Result<()> {
     }
 }
 
-/// Refuses a files sink writing where one of the query's sources reads (or inside it, or around
-/// it): each batch's output would be read back as new input, forever. The directories are
-/// compared as places, not as text: `.` and `..`, symbolic links, `file://` URLs and local paths,
-/// and object store URLs (same store, one path inside the other) all count.
-fn refuse_writing_into_sources(sink_path: &str, plan: &IncrementalPlan) -> Result<()> {
-    let sink_place = crate::storage::Place::of(sink_path)?;
-    for source in plan.sources() {
-        let Some(source_dir) = source.directory() else {
-            continue;
-        };
-        if crate::storage::Place::of(&source_dir)?.overlaps(&sink_place) {
-            return Err(Error::plan(format!(
-                "the files sink writes into '{sink_path}', where the query's source {} reads: its output \
-                 would come back as input forever; write somewhere else",
-                source.description()
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `EXPLAIN INSERT INTO <sink> ...`: where the rows go and how, what is read, then the
 /// incremental plan.
 fn explain_text(incremental: &IncrementalPlan, definition: &SinkDefinition) -> String {
@@ -647,9 +608,7 @@ fn explain_text(incremental: &IncrementalPlan, definition: &SinkDefinition) -> S
         .map_or_else(|| "one per core".to_string(), |n| n.to_string());
     let mut text = format!(
         "== Query ==\nsink: {} ({}), output mode {}, {trigger}\n",
-        definition.name,
-        definition.kind.connector(),
-        options.output_mode
+        definition.name, definition.connector, options.output_mode
     );
     for input in incremental.inputs() {
         text.push_str(&format!("reads: {input}\n"));

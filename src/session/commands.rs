@@ -17,7 +17,7 @@ use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{LogicalPlan, TableType};
 
 use super::{StreamingSession, lock};
-use crate::connector::{SinkDefinition, SinkKind};
+use crate::connector::SinkDefinition;
 use crate::error::{Error, Result};
 use crate::planner::StreamTable;
 use crate::query::{StreamingQuery, Trigger};
@@ -278,34 +278,14 @@ fn sink_row(sink: &SinkDefinition) -> TableRow {
         Trigger::Once => details.push("trigger = once".to_string()),
         Trigger::AvailableNow => details.push("trigger = available_now".to_string()),
     }
-    let connector = match &sink.kind {
-        SinkKind::Console { .. } => "console",
-        SinkKind::Memory => {
-            details.push(format!("table = {}", memory_table(sink).unwrap_or(&sink.name)));
-            "memory"
-        }
-        SinkKind::Files {
-            path,
-            format,
-            partition_by,
-        } => {
-            details.push(format!("path = {path}"));
-            details.push(format!("format = {}", format!("{format:?}").to_lowercase()));
-            if !partition_by.is_empty() {
-                details.push(format!("partition_by = {}", partition_by.join(", ")));
-            }
-            "files"
-        }
-        SinkKind::Database { url, table, .. } => {
-            details.push(format!("url = {}", crate::sink::database::redact(url)));
-            details.push(format!("table = {table}"));
-            "database"
-        }
-    };
+    if sink.spec.is_table() {
+        details.push(format!("table = {}", memory_table(sink).unwrap_or(&sink.name)));
+    }
+    details.extend(sink.spec.details());
     TableRow {
         name: sink.name.clone(),
         kind: "sink",
-        connector: Some(connector.to_string()),
+        connector: Some(sink.connector.to_string()),
         details: Some(details.join(", ")),
     }
 }
@@ -351,7 +331,9 @@ fn catalog_row(name: String, table: &str, provider: &dyn TableProvider, sinks: &
 
 /// The table a memory sink's result is kept in: its query's name, or the sink's.
 fn memory_table(sink: &SinkDefinition) -> Option<&str> {
-    matches!(sink.kind, SinkKind::Memory).then(|| sink.query.query_name.as_deref().unwrap_or(&sink.name))
+    sink.spec
+        .is_table()
+        .then(|| sink.query.query_name.as_deref().unwrap_or(&sink.name))
 }
 
 /// The connector name of a source, from its description (`FilesSource[data]` is `files`).

@@ -11,8 +11,39 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::TryStreamExt;
 
-use super::{OutputMode, Sink};
+use super::{OutputMode, Sink, SinkConnector, SinkRequest, SinkSpec};
 use crate::error::{Error, Result};
+use crate::options::Options;
+
+/// The `console` connector.
+pub(crate) const CONNECTOR: SinkConnector = SinkConnector {
+    name: "console",
+    options: &["num_rows", "truncate"],
+    parse,
+};
+
+/// The most rows a console sink prints per batch.
+const MAX_ROWS: usize = 1_000_000;
+
+fn parse(options: &Options) -> Result<Arc<dyn SinkSpec>> {
+    Ok(Arc::new(ConsoleSpec {
+        num_rows: options.positive("num_rows", MAX_ROWS)?.unwrap_or(20),
+        truncate: options.boolean("truncate")?.unwrap_or(true),
+    }))
+}
+
+#[derive(Debug)]
+struct ConsoleSpec {
+    num_rows: usize,
+    truncate: bool,
+}
+
+#[async_trait]
+impl SinkSpec for ConsoleSpec {
+    async fn build(&self, _request: SinkRequest<'_>) -> Result<Arc<dyn Sink>> {
+        Ok(Arc::new(ConsoleSink::new(self.num_rows, self.truncate)))
+    }
+}
 
 /// Cells longer than this are cut when `truncate` is on (Spark cuts at 20 characters).
 const TRUNCATE_AT: usize = 20;

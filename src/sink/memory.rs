@@ -17,8 +17,33 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 
-use super::{OutputMode, Sink};
+use super::{OutputMode, Sink, SinkConnector, SinkRequest, SinkSpec};
 use crate::error::{Error, Result};
+
+/// The `memory` connector.
+pub(crate) const CONNECTOR: SinkConnector = SinkConnector {
+    name: "memory",
+    options: &[],
+    parse: |_| Ok(Arc::new(MemorySpec)),
+};
+
+#[derive(Debug)]
+struct MemorySpec;
+
+#[async_trait]
+impl SinkSpec for MemorySpec {
+    fn is_table(&self) -> bool {
+        true
+    }
+
+    /// The table, registered in the session under the query's name (replacing an earlier run's).
+    async fn build(&self, request: SinkRequest<'_>) -> Result<Arc<dyn Sink>> {
+        let table = Arc::new(MemorySink::new(request.name, request.schema));
+        request.context.deregister_table(request.name)?;
+        request.context.register_table(request.name, table.clone())?;
+        Ok(table)
+    }
+}
 
 /// A table holding a streaming query's output. Register it in a session to query it.
 #[derive(Debug)]

@@ -8,8 +8,10 @@
 //! [`files`] writes Parquet, CSV or JSON files that readers see batch by batch, each batch once.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +23,7 @@ pub(crate) mod files;
 pub(crate) mod memory;
 
 pub use console::ConsoleSink;
-pub(crate) use files::{CommittedFilesFactory, FileSink, SinkFormat};
+pub(crate) use files::CommittedFilesFactory;
 pub use memory::MemorySink;
 
 /// Which rows of the result table a batch writes to the sink (Spark's output modes).
@@ -52,6 +54,61 @@ impl std::fmt::Display for OutputMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// How a sink connector is declared: its name (the `connector` option), the options it takes
+/// besides the query's, and how it reads them. Each sink file has its `CONNECTOR`, and the
+/// registry in [`crate::connector`] lists them.
+pub(crate) struct SinkConnector {
+    pub(crate) name: &'static str,
+    pub(crate) options: &'static [&'static str],
+    pub(crate) parse: fn(&crate::options::Options) -> Result<Arc<dyn SinkSpec>>,
+}
+
+/// A declared sink: its options, read; a query that writes to it builds the sink.
+#[async_trait]
+pub(crate) trait SinkSpec: Debug + Send + Sync {
+    /// Whether the sink writes each batch once by its id, so that a restarted query must go on
+    /// with its batch ids: it needs a checkpoint.
+    fn exactly_once(&self) -> bool {
+        false
+    }
+
+    /// Refuses an output mode the sink cannot serve, saying why.
+    fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
+        let _ = mode;
+        Ok(())
+    }
+
+    /// Where it writes, as `SHOW TABLES` lists it (`path = out, format = json`).
+    fn details(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether its rows become a table of the session (the memory sink).
+    fn is_table(&self) -> bool {
+        false
+    }
+
+    /// The sink for one query.
+    async fn build(&self, request: SinkRequest<'_>) -> Result<Arc<dyn Sink>>;
+}
+
+/// What a query tells the sink it writes to.
+pub(crate) struct SinkRequest<'a> {
+    /// The query's name: a memory sink's table.
+    pub(crate) name: &'a str,
+    pub(crate) context: &'a datafusion::prelude::SessionContext,
+    /// The query's output.
+    pub(crate) schema: SchemaRef,
+    pub(crate) output_mode: OutputMode,
+    pub(crate) query_id: &'a str,
+    /// The output columns that are the query's grouping keys, if all are in the output.
+    pub(crate) grouping_key: Option<Vec<String>>,
+    /// The output column that is a session window key.
+    pub(crate) session_key: Option<String>,
+    /// The directories the query's sources read, as given: a sink may not write there.
+    pub(crate) source_directories: Vec<(String, String)>,
 }
 
 /// The output of a streaming query.

@@ -422,7 +422,7 @@ fn take_watermark(tokens: &mut Vec<TokenWithSpan>) -> Result<Option<Watermark>> 
                     interval_duration(interval).map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?
                 }
                 Expr::Value(v) => match &v.value {
-                    Value::SingleQuotedString(s) => crate::connector::parse_duration(s)
+                    Value::SingleQuotedString(s) => crate::options::parse_duration(s)
                         .map_err(|m| Error::plan(format!("WATERMARK FOR {column}: {m}")))?,
                     _ => return Err(Error::plan(format!("WATERMARK FOR {column}: {usage}"))),
                 },
@@ -450,7 +450,7 @@ fn interval_duration(interval: &ast::Interval) -> std::result::Result<Duration, 
                 amount.trim()
             ));
         }
-        return crate::connector::parse_duration(&amount);
+        return crate::options::parse_duration(&amount);
     };
-    crate::connector::parse_duration(&format!("{} {unit}", amount.trim()))
+    crate::options::parse_duration(&format!("{} {unit}", amount.trim()))
 }

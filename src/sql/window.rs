@@ -64,7 +64,7 @@ pub(crate) fn duration_nanos(value: &ScalarValue, what: &str) -> DfResult<i64> {
     const NANOS_PER_DAY: i128 = crate::time::NANOS_PER_DAY as i128;
     let nanos: i128 = match value {
         ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => {
-            match crate::connector::parse_duration(s) {
+            match crate::options::parse_duration(s) {
                 Ok(d) => d.as_nanos() as i128,
                 Err(m) => return plan_err!("window(): {what}: {m}"),
             }

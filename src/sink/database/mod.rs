@@ -47,8 +47,96 @@ pub(crate) use self::limits::Limits;
 use self::pool::{Job, Pools, Written, open_pool};
 use self::retry::{RetryPolicy, is_transient, with_retries};
 use self::values::{Values, convert, flatten_batch, flatten_schema};
-use super::{OutputMode, Sink};
+use super::{OutputMode, Sink, SinkConnector, SinkRequest, SinkSpec};
 use crate::error::{Error, Result};
+use crate::options::{Options, parse_duration};
+
+/// The `database` connector.
+pub(crate) const CONNECTOR: SinkConnector = SinkConnector {
+    name: "database",
+    options: &["url", "table", "key", "connect_timeout", "statement_timeout"],
+    parse,
+};
+
+fn parse(options: &Options) -> Result<std::sync::Arc<dyn SinkSpec>> {
+    let url = options.required("url")?.trim().to_string();
+    if !is_supported_url(&url) {
+        return Err(options.error(format!(
+            "option 'url' must start with sqlite://, postgres:// or mysql:// (got '{}')",
+            url.split("://").next().unwrap_or_default()
+        )));
+    }
+    let table = options.required("table")?.to_string();
+    if table.trim().is_empty() {
+        return Err(options.error("option 'table' must name a table"));
+    }
+    let key = options
+        .get("key")
+        .map(|k| parse_key(k).map_err(|m| options.error(format!("option 'key': {m}"))))
+        .transpose()?;
+    let mut limits = Limits::default();
+    for (option, limit) in [
+        ("connect_timeout", &mut limits.connect),
+        ("statement_timeout", &mut limits.statement),
+    ] {
+        if let Some(text) = options.get(option) {
+            *limit = parse_duration(text).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                options.error(format!(
+                    "option '{option}' must be a positive duration such as '10 seconds' or '5 minutes' (got '{text}')"
+                ))
+            })?;
+        }
+    }
+    Ok(std::sync::Arc::new(DatabaseSpec {
+        url,
+        table,
+        key,
+        limits,
+    }))
+}
+
+/// A declared database sink.
+#[derive(Debug)]
+struct DatabaseSpec {
+    /// The connection URL (`sqlite://`, `postgres://`, `mysql://`).
+    url: String,
+    /// The table written to.
+    table: String,
+    /// The `key` option: the columns that identify a row (upsert key, primary key).
+    key: Option<Vec<String>>,
+    /// How long connecting and each statement step may take.
+    limits: Limits,
+}
+
+#[async_trait]
+impl SinkSpec for DatabaseSpec {
+    fn exactly_once(&self) -> bool {
+        true
+    }
+
+    fn details(&self) -> Vec<String> {
+        vec![
+            format!("url = {}", redact(&self.url)),
+            format!("table = {}", self.table),
+        ]
+    }
+
+    async fn build(&self, request: SinkRequest<'_>) -> Result<std::sync::Arc<dyn Sink>> {
+        let sink = DatabaseSink::connect(DatabaseSinkConfig {
+            url: self.url.clone(),
+            table: self.table.clone(),
+            key: self.key.clone(),
+            grouping_key: request.grouping_key,
+            session_key: request.session_key,
+            schema: request.schema,
+            output_mode: request.output_mode,
+            query_id: request.query_id.to_string(),
+            limits: self.limits,
+        })
+        .await?;
+        Ok(std::sync::Arc::new(sink))
+    }
+}
 
 /// How a database sink is set up: from the sink's options and the query it serves.
 #[derive(Debug, Clone)]

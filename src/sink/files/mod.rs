@@ -30,8 +30,9 @@ use datafusion::object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
-use super::{OutputMode, Sink};
+use super::{OutputMode, Sink, SinkConnector, SinkRequest, SinkSpec};
 use crate::error::{Error, Result};
+use crate::options::Options;
 use crate::storage::{self, CommittedFile, EntryMode, Location, ManifestEntry};
 
 pub(crate) use table::CommittedFilesFactory;
@@ -54,6 +55,92 @@ impl SinkFormat {
             SinkFormat::Csv => "csv",
             SinkFormat::Json => "json",
         }
+    }
+}
+
+/// The `files` connector (also named by its formats: `connector = 'parquet'` and so on).
+pub(crate) const CONNECTOR: SinkConnector = SinkConnector {
+    name: "files",
+    options: &["path", "format", "partition_by"],
+    parse,
+};
+
+/// The formats, by the names the `format` option (or the connector) gives them.
+pub(crate) const FORMATS: &[(&str, SinkFormat)] = &[
+    ("parquet", SinkFormat::Parquet),
+    ("csv", SinkFormat::Csv),
+    ("json", SinkFormat::Json),
+];
+
+fn parse(options: &Options) -> Result<std::sync::Arc<dyn SinkSpec>> {
+    let partition_by = options
+        .get("partition_by")
+        .map(|columns| {
+            columns
+                .split(',')
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(std::sync::Arc::new(FilesSpec {
+        path: options.required("path")?.to_string(),
+        format: options.choice("format", FORMATS)?.unwrap_or(SinkFormat::Parquet),
+        partition_by,
+    }))
+}
+
+/// A declared files sink.
+#[derive(Debug)]
+struct FilesSpec {
+    /// The directory: a local path or an object store URL.
+    path: String,
+    format: SinkFormat,
+    /// Columns whose values name the `column=value/` directories rows go to.
+    partition_by: Vec<String>,
+}
+
+#[async_trait]
+impl SinkSpec for FilesSpec {
+    fn exactly_once(&self) -> bool {
+        true
+    }
+
+    fn check_output_mode(&self, mode: OutputMode) -> Result<()> {
+        check_output_mode(mode)
+    }
+
+    fn details(&self) -> Vec<String> {
+        let mut details = vec![
+            format!("path = {}", self.path),
+            format!("format = {}", self.format.extension()),
+        ];
+        if !self.partition_by.is_empty() {
+            details.push(format!("partition_by = {}", self.partition_by.join(", ")));
+        }
+        details
+    }
+
+    /// Refuses to write where one of the query's sources reads: its output would come back as
+    /// input forever.
+    async fn build(&self, request: SinkRequest<'_>) -> Result<std::sync::Arc<dyn Sink>> {
+        let sink_place = storage::Place::of(&self.path)?;
+        for (directory, source) in &request.source_directories {
+            if storage::Place::of(directory)?.overlaps(&sink_place) {
+                return Err(Error::plan(format!(
+                    "the files sink writes into '{}', where the query's source {source} reads: its output \
+                     would come back as input forever; write somewhere else",
+                    self.path
+                )));
+            }
+        }
+        Ok(std::sync::Arc::new(FileSink::try_new(
+            &self.path,
+            self.format,
+            &self.partition_by,
+            &request.schema,
+            request.output_mode,
+        )?))
     }
 }
 
