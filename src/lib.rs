@@ -52,8 +52,11 @@
 //! - `sql`: splitting scripts, `CREATE TABLE ... WITH`, the `WATERMARK` clause, the window
 //!   functions and the analyzer rules that expand sliding windows and compute session windows on
 //!   static tables. Uses `connector`, `planner` (to tell streams from static tables).
-//! - `connector`: sources and sinks from their string options; the one place that knows option
-//!   names. Uses `source`, `sink`.
+//! - `connector`: the registry of source and sink connectors (one line each) and the query's
+//!   options (output mode, trigger, checkpoint). Each source and sink reads its own options in
+//!   its own file. Uses `source`, `sink`, `options`.
+//! - `options`: a connector's options, with typed readers that name a bad option; durations.
+//!   Depends on `error` only.
 //! - `frame`: the DataFrame API (`read_stream`, `write_stream`). Uses `session`, `connector`.
 //! - `planner`: incrementalization: which queries can run on streams, the cut into batch plan,
 //!   stateful operator and post plan, and the binding of each batch's rows. No I/O, no tasks.
@@ -63,8 +66,10 @@
 //!   that writes its versions as delta and snapshot files. Uses `checkpoint` (its folders only).
 //! - `checkpoint`: the checkpoint's folders, metadata, offsets and commits logs and the recovery
 //!   decision; knows nothing of operators. Uses `source` (offsets).
-//! - `source`: the [`Source`] trait and the files, memory and rate sources. Depends on `error` only.
-//! - `sink`: the [`Sink`] trait and the console, memory, files and database sinks. Uses `storage`.
+//! - `source`: the [`Source`] trait and the files, memory, rate and socket sources, and the
+//!   record decoding files and socket share. Uses `options`, `time`.
+//! - `sink`: the [`Sink`] trait and the console, memory, files and database sinks, each with its
+//!   connector. Uses `storage`, `options`.
 //! - `storage`: object store locations for files read and written.
 //! - `query`: the only module with tasks and time: the micro-batch loop, the
 //!   [`StreamingQuery`] handle, triggers, watermarks, progress, and when the checkpoint is written.
