@@ -88,6 +88,7 @@ impl Sink for ConsoleSink {
     }
 
     async fn add_batch(&self, batch_id: u64, _mode: OutputMode, data: SendableRecordBatchStream) -> Result<u64> {
+        let schema = data.schema();
         let batches: Vec<RecordBatch> = data.try_collect().await.map_err(Error::from_datafusion)?;
         let total: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut shown = Vec::new();
@@ -102,12 +103,8 @@ impl Sink for ConsoleSink {
             shown.push(if self.truncate { truncate_cells(&batch)? } else { batch });
         }
         let table = if shown.is_empty() {
-            // Still show the columns of an empty batch.
-            let schema = batches.first().map(|b| b.schema());
-            match schema {
-                Some(schema) => pretty_format_batches(&[RecordBatch::new_empty(schema)]),
-                None => pretty_format_batches(&[]),
-            }
+            // Still show the columns of a batch without rows (or a stream that gave no batch).
+            pretty_format_batches(&[RecordBatch::new_empty(schema)])
         } else {
             pretty_format_batches(&shown)
         }

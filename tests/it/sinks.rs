@@ -62,6 +62,19 @@ async fn console_prints_a_header_a_table_and_honours_num_rows_and_truncate() {
     assert!(!text.contains("only showing"), "{text}");
 }
 
+/// A batch without rows still shows its columns, also when the stream gives no batch at all (an
+/// empty complete-mode result after `ORDER BY ... LIMIT`).
+#[tokio::test]
+async fn console_shows_the_columns_of_a_batch_without_rows() {
+    let out = Captured::default();
+    let sink = ConsoleSink::with_writer(20, true, Box::new(out.clone()));
+    let schema = batch(0).schema();
+    let nothing = Box::pin(Rows::try_new(vec![], schema, None).unwrap());
+    assert_eq!(sink.add_batch(3, OutputMode::Complete, nothing).await.unwrap(), 0);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("| id | text |"), "{text}");
+}
+
 #[tokio::test]
 async fn memory_sink_appends_replaces_and_skips_replayed_batches() {
     let sink = MemorySink::new("t", batch(0).schema());
