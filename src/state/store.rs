@@ -348,6 +348,8 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
         file: file.to_string(),
         message,
     };
+    check_blocks(&bytes)
+        .map_err(|e| damaged(format!("not a readable state file ({e}); it is damaged or truncated")))?;
     let mut reader = arrow_guard(|| FileReader::try_new(Cursor::new(bytes), None))
         .map_err(|e| damaged(format!("not a readable state file ({e}); it is damaged or truncated")))?;
     let metadata = reader.custom_metadata().clone();
@@ -395,6 +397,41 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
             Ok(part)
         })
         .collect()
+}
+
+/// Checks that every block an Arrow IPC file's footer lists lies within the file.
+///
+/// # Background
+/// Arrow's reader allocates as many bytes as the footer says a block holds before reading it;
+/// a wrong length (the `state_file` fuzz target found one of 71 PB) is an allocation failure,
+/// which aborts the process where a panic could still be caught.
+fn check_blocks(file: &[u8]) -> std::result::Result<(), String> {
+    use datafusion::arrow::ipc::{reader::read_footer_length, root_as_footer};
+    let trailer_start = file
+        .len()
+        .checked_sub(10)
+        .ok_or("shorter than an Arrow file's trailer")?;
+    let trailer: [u8; 10] = file[trailer_start..]
+        .try_into()
+        .map_err(|_| "no Arrow trailer".to_string())?;
+    let footer_len = read_footer_length(trailer).map_err(|e| e.to_string())?;
+    let footer_start = trailer_start
+        .checked_sub(footer_len)
+        .ok_or("its footer is longer than the file")?;
+    let footer = root_as_footer(&file[footer_start..trailer_start]).map_err(|e| format!("unreadable footer: {e}"))?;
+    for blocks in [footer.recordBatches(), footer.dictionaries()].into_iter().flatten() {
+        for block in blocks.iter() {
+            let (offset, meta, body) = (block.offset(), block.metaDataLength(), block.bodyLength());
+            let end = i128::from(offset) + i128::from(meta) + i128::from(body);
+            if offset < 0 || meta < 0 || body < 0 || end > footer_start as i128 {
+                return Err(format!(
+                    "its footer lists a block of {} bytes at {offset}, outside the file",
+                    i128::from(meta) + i128::from(body)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs arrow's IPC reader, turning a panic into an error.

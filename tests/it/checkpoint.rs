@@ -578,23 +578,28 @@ async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_
     assert!(!temporary[0].exists(), "removed when the query stopped");
 }
 
-/// A state file whose checksum holds but that arrow's IPC reader cannot read, one the
-/// `state_file` fuzz target found (minimized): arrow panics on it, and the restart must report the
-/// file instead of crashing the process.
+/// State files whose checksum holds but that arrow's IPC reader cannot read, found by the
+/// `state_file` fuzz target (minimized): one makes the reader panic, one makes it allocate 71 PB
+/// (which would abort the process). A restart must report the file instead of crashing.
 #[tokio::test]
 async fn a_state_file_arrow_cannot_read_is_an_error_naming_it_not_a_crash() {
-    let (_dir, checkpoint, session) = one_committed_batch(2).await;
-    let content = include_bytes!("fixtures/arrow_reader_panic.state");
-    let name = "state/0/0.delta";
-    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(content);
-    let mut file = content.to_vec();
-    file.extend_from_slice(format!("\n#tidewater {} {crc:08x} {name}\n", content.len()).as_bytes());
-    std::fs::write(checkpoint.join(name), file).unwrap();
-    let error = restart_error(&session, &checkpoint).await;
-    assert!(
-        error.contains(name) && error.contains("the Arrow reader failed"),
-        "{error}"
-    );
+    let fixtures: [(usize, &[u8]); 2] = [
+        (2, include_bytes!("fixtures/arrow_reader_panic.state")),
+        (1, include_bytes!("fixtures/arrow_reader_huge_block.state")),
+    ];
+    for (shards, content) in fixtures {
+        let (_dir, checkpoint, session) = one_committed_batch(shards).await;
+        let name = "state/0/0.delta";
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(content);
+        let mut file = content.to_vec();
+        file.extend_from_slice(format!("\n#tidewater {} {crc:08x} {name}\n", content.len()).as_bytes());
+        std::fs::write(checkpoint.join(name), file).unwrap();
+        let error = restart_error(&session, &checkpoint).await;
+        assert!(
+            error.contains(name) && error.contains("not a readable state file"),
+            "{error}"
+        );
+    }
 }
 
 /// A checkpoint file's content: all but its last line, the seal with its name and checksum.
