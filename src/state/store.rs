@@ -383,8 +383,9 @@ pub(crate) fn decode(bytes: Bytes, file: &str, shards: usize) -> Result<Vec<Stat
             }
             let rows = match <[RecordBatch; 1]>::try_from(batches) {
                 Ok([rows]) => rows,
-                Err(batches) => datafusion::arrow::compute::concat_batches(&schema, &batches)
-                    .map_err(|e| Error::Internal(format!("state file rows: {e}")))?,
+                // Arrow builds arrays of the file's own types here, which may be any it declares.
+                Err(batches) => arrow_guard(|| datafusion::arrow::compute::concat_batches(&schema, &batches))
+                    .map_err(|e| damaged(format!("unreadable rows ({e}); the file is damaged")))?,
             };
             let part = StateFile {
                 rows,

@@ -579,13 +579,15 @@ async fn exactly_once_sinks_need_a_checkpoint_and_other_queries_get_a_temporary_
 }
 
 /// State files whose checksum holds but that arrow's IPC reader cannot read, found by the
-/// `state_file` fuzz target (minimized): one makes the reader panic, one makes it allocate 71 PB
-/// (which would abort the process). A restart must report the file instead of crashing.
+/// `state_file` fuzz target: one makes the reader panic, one makes it allocate 71 PB (which would
+/// abort the process), one declares a type arrow panics on when it builds arrays. A restart must
+/// report the file as damaged instead of crashing.
 #[tokio::test]
 async fn a_state_file_arrow_cannot_read_is_an_error_naming_it_not_a_crash() {
-    let fixtures: [(usize, &[u8]); 2] = [
+    let fixtures: [(usize, &[u8]); 3] = [
         (2, include_bytes!("fixtures/arrow_reader_panic.state")),
         (1, include_bytes!("fixtures/arrow_reader_huge_block.state")),
+        (2, include_bytes!("fixtures/arrow_reader_bad_type.state")),
     ];
     for (shards, content) in fixtures {
         let (_dir, checkpoint, session) = one_committed_batch(shards).await;
@@ -595,10 +597,7 @@ async fn a_state_file_arrow_cannot_read_is_an_error_naming_it_not_a_crash() {
         file.extend_from_slice(format!("\n#tidewater {} {crc:08x} {name}\n", content.len()).as_bytes());
         std::fs::write(checkpoint.join(name), file).unwrap();
         let error = restart_error(&session, &checkpoint).await;
-        assert!(
-            error.contains(name) && error.contains("not a readable state file"),
-            "{error}"
-        );
+        assert!(error.contains(name) && error.contains("damaged"), "{error}");
     }
 }
 
