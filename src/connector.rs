@@ -65,6 +65,8 @@ impl Options {
 /// A built source, with the push handle when it is a memory stream.
 pub(crate) struct BuiltSource {
     pub(crate) source: Arc<dyn Source>,
+    /// The connector's name.
+    pub(crate) connector: &'static str,
     pub(crate) memory: Option<MemoryStream>,
     /// After this long without new rows, the source no longer holds the watermark back.
     pub(crate) idle_timeout: Option<Duration>,
@@ -83,6 +85,7 @@ pub(crate) fn build_source(name: Option<&str>, options: &Options, schema: Option
     let (source, memory) = (connector.build)(&SourceRequest { name, options, schema })?;
     Ok(BuiltSource {
         source,
+        connector: connector.name,
         memory,
         idle_timeout,
     })

@@ -385,7 +385,9 @@ impl StreamingSession {
             return Ok(());
         }
         let built = connector::build_source(Some(name), &options, schema)?;
-        let table = StreamTable::try_new(name, built.source, watermark)?.with_idle_timeout(built.idle_timeout);
+        let table = StreamTable::try_new(name, built.source, watermark)?
+            .with_idle_timeout(built.idle_timeout)
+            .with_connector(built.connector);
         self.register_table(table)?;
         if let Some(memory) = built.memory {
             lock(&self.inner.memory_streams).insert(name.to_string(), memory);

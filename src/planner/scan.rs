@@ -33,11 +33,18 @@ pub(crate) struct StreamTable {
     pub(crate) watermark: Option<Watermark>,
     /// After this long without new rows, the stream no longer holds the watermark back.
     pub(crate) idle_timeout: Option<std::time::Duration>,
+    /// The connector the stream was declared with; `None` for a source registered from Rust.
+    pub(crate) connector: Option<&'static str>,
 }
 
 impl StreamTable {
     pub(crate) fn with_idle_timeout(mut self, idle_timeout: Option<std::time::Duration>) -> Self {
         self.idle_timeout = idle_timeout;
+        self
+    }
+
+    pub(crate) fn with_connector(mut self, connector: &'static str) -> Self {
+        self.connector = Some(connector);
         self
     }
 
@@ -74,6 +81,7 @@ impl StreamTable {
             source,
             watermark,
             idle_timeout: None,
+            connector: None,
         })
     }
 }

@@ -296,13 +296,17 @@ fn catalog_row(name: String, table: &str, provider: &dyn TableProvider, sinks: &
     if let Some(stream) = provider.downcast_ref::<StreamTable>() {
         let description = stream.source.description();
         let details = match &stream.watermark {
-            Some(w) => format!("{description}, watermark {} - {:?}", w.column, w.delay),
+            Some(w) => format!(
+                "{description}, watermark {} - {}",
+                w.column,
+                crate::time::describe_duration(w.delay)
+            ),
             None => description.clone(),
         };
         return Some(TableRow {
             name,
             kind: "stream",
-            connector: Some(source_connector(&description)),
+            connector: stream.connector.map(str::to_string),
             details: Some(details),
         });
     }
@@ -334,17 +338,4 @@ fn memory_table(sink: &SinkDefinition) -> Option<&str> {
     sink.spec
         .is_table()
         .then(|| sink.query.query_name.as_deref().unwrap_or(&sink.name))
-}
-
-/// The connector name of a source, from its description (`FilesSource[data]` is `files`).
-fn source_connector(description: &str) -> String {
-    let kind = description.split('[').next().unwrap_or(description);
-    match kind {
-        "TextSocketSource" => "socket".to_string(),
-        _ => kind
-            .strip_suffix("Source")
-            .or_else(|| kind.strip_suffix("Stream"))
-            .unwrap_or(kind)
-            .to_lowercase(),
-    }
 }
