@@ -5,10 +5,12 @@
 //! sinks; the driver hands it its input and takes its output. One operator per file.
 
 pub(crate) mod aggregate;
+pub(crate) mod dedup;
 pub(crate) mod session;
 pub(crate) mod shards;
 
 pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
+pub(crate) use dedup::Deduplicate;
 pub(crate) use session::SessionAggregate;
 pub(crate) use shards::Sharded;
 
@@ -22,7 +24,8 @@ use crate::state::store::SnapshotJob;
 
 /// A stateful operator: merges a batch's input into its state and says what to emit.
 pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
-    /// Takes one batch's input (partial aggregates) and returns the rows to emit in `mode`.
+    /// Takes one batch's input (rows of its input segment: partial aggregates for an
+    /// aggregation) and returns the rows to emit in `mode`.
     ///
     /// `late_watermark` (nanoseconds) is the watermark the batch started with: input whose
     /// window ended at or before it is late, dropped and counted. `close_watermark` is the one

@@ -2,35 +2,41 @@
 //!
 //! # Background
 //! A streaming query is planned by DataFusion once, when it starts, into ordinary physical plans
-//! whose stream scans are placeholders ([`StreamScanExec`]). Each batch, [`IncrementalPlan::bind`]
-//! hands every placeholder the batch's rows and resets the state of the other nodes, which gives a
-//! bounded plan that DataFusion runs to completion. Bounded per-batch plans keep us clear of
-//! DataFusion's open questions about never-ending inputs, and planning stays out of the hot loop.
+//! whose stream scans are placeholders ([`StreamScanExec`]). Each batch binds every placeholder to
+//! the batch's rows and resets the other nodes, which gives bounded plans that DataFusion runs to
+//! completion. Bounded per-batch plans keep us clear of DataFusion's open questions about
+//! never-ending inputs, and planning stays out of the hot loop.
 //!
-//! A query with an aggregation over a stream is cut in three (see [`aggregate`]): the *batch
-//! plan* up to DataFusion's partial aggregation, the [`StatefulAggregate`] operator that merges
-//! partial states across batches (or [`SessionAggregate`](crate::operator::SessionAggregate) for
-//! session windows), and the *post plan* (HAVING, projection, ORDER BY/LIMIT) over
-//! what the operator emits.
+//! A query is cut at its stateful operators (aggregations over a stream, session windows,
+//! deduplication) into a chain: each operator has an id (its place in the chain, which names its
+//! state folder), a [`Segment`] that computes its input from the batch's rows and from earlier
+//! operators' output, and the query ends in the *post plan* over the last operator's output (the
+//! whole query, when it is stateless). Every operator but the last emits in append mode, only
+//! rows that are final, so the next one can take them as new input; the last emits in the
+//! query's output mode.
 //!
 //! This module also decides what a query may do on a stream and in which output mode, and refuses
 //! the rest when the query starts, saying why and what would work. It does no I/O.
 
 pub(crate) mod aggregate;
+pub(crate) mod dedup;
 pub(crate) mod scan;
+pub(crate) mod segment;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::datasource::source_as_provider;
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::execution::context::SessionState;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
-pub(crate) use aggregate::AggregatePlan;
-pub(crate) use scan::{StreamScanExec, StreamTable};
+pub(crate) use scan::{OperatorOutputTable, StreamScanExec, StreamTable};
+pub(crate) use segment::{Leaf, Segment};
 
 use crate::error::{Error, Result};
 use crate::operator::Sharded;
@@ -41,25 +47,70 @@ use crate::sql::Watermark;
 /// A streaming query's plan: made once, bound to new rows every batch.
 #[derive(Debug)]
 pub(crate) struct IncrementalPlan {
-    /// What runs over each batch's rows: the whole query when it is stateless, otherwise the
-    /// partial aggregation.
-    batch: BatchPlan,
     scans: Vec<ScanSpec>,
-    /// The aggregation, for a stateful query.
-    aggregate: Option<AggregatePlan>,
+    /// The stateful operators, in the order they run; an operator's id is its index.
+    operators: Vec<Stage>,
+    /// What feeds the sink: the post plan after the last operator, or the whole query.
+    output: Segment,
 }
 
-/// The per-batch part of a plan.
+/// What the planner knows of one kind of stateful operator.
+pub(crate) trait OperatorPlan: std::fmt::Debug + Send + Sync {
+    /// A fresh operator with `shards` shards; `input` is the plan of its input segment.
+    fn new_operator(&self, input: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded>;
+
+    /// One line on the operator: its kind, keys, values and event time.
+    fn describe(&self) -> String;
+
+    /// The operator's name in progress reports (Spark's `operatorName`).
+    fn progress_name(&self) -> &'static str;
+
+    /// The shape of its state, as named facts a checkpoint records and compares on restart;
+    /// `input` is the schema of its input segment.
+    fn shape(&self, input: &SchemaRef) -> Vec<(String, Vec<String>)>;
+
+    /// Whether its input segment ends in DataFusion's partial aggregation.
+    fn partial_input(&self) -> bool;
+
+    /// Whether watermarks close what it holds (it has an event-time key).
+    fn has_event_time(&self) -> bool;
+
+    /// Whether the batch's time closes what it holds (windows over processing time).
+    fn has_processing_time(&self) -> bool {
+        false
+    }
+
+    /// Refuses an output mode the operator cannot emit in; `last` says whether its output goes to
+    /// the post plan (in the query's mode) or to another operator (always append).
+    fn check_mode(&self, mode: OutputMode, last: bool) -> Result<()>;
+
+    /// The output columns that identify an output row (an aggregation's grouping keys).
+    fn keys(&self) -> Vec<usize>;
+
+    /// The output column that is a session window, whose rows an update may replace.
+    fn session(&self) -> Option<usize> {
+        None
+    }
+
+    /// The output columns (by position) that carry event time under a watermark downstream.
+    fn watermarked(&self) -> Vec<usize>;
+}
+
+/// One stateful operator of a query, with the plan of its input.
 #[derive(Debug)]
-struct BatchPlan {
-    logical: LogicalPlan,
-    physical: Arc<dyn ExecutionPlan>,
-    /// The query reads the clock (`now()`, `current_date`, ...). DataFusion folds those into
-    /// constants when it plans, so such a plan is made again each batch with the batch's
-    /// timestamp, as Spark evaluates `current_timestamp()` per batch.
-    reads_clock: bool,
-    /// Takes the partial aggregation out of DataFusion's plan of an aggregate, if this is one.
-    partial: bool,
+pub(crate) struct Stage {
+    pub(crate) id: usize,
+    pub(crate) input: Segment,
+    pub(crate) plan: Box<dyn OperatorPlan>,
+    /// The mode it emits in: the query's for the last operator, append for the others.
+    pub(crate) mode: OutputMode,
+}
+
+impl Stage {
+    /// A fresh operator for this stage.
+    pub(crate) fn new_operator(&self, shards: usize) -> Result<Sharded> {
+        self.plan.new_operator(&self.input.physical, shards)
+    }
 }
 
 /// One stream scan in the plan: what the driver must read for it each batch.
@@ -88,40 +139,45 @@ impl IncrementalPlan {
         let analyzed = state
             .analyzer()
             .execute_and_check(logical.clone(), state.config_options(), |_, _| {})?;
-        let (batch_logical, aggregate, partial) = match aggregate::split(state, &analyzed, mode).await? {
-            Some((input, plan)) => (input, Some(plan), true),
-            None => {
-                check_stateless(&analyzed)?;
-                if mode == OutputMode::Complete {
-                    return Err(Error::plan(
-                        "output mode 'complete' needs an aggregation: without one the result table is every \
-                         row ever seen; use output_mode 'append' (or 'update')",
-                    ));
-                }
-                (analyzed, None, false)
-            }
+        let (cut, output) = cut(&analyzed)?;
+        check_chain(&cut, &output, mode)?;
+        let count = cut.len();
+        let mut operators = Vec::with_capacity(count);
+        let mut scans = Vec::new();
+        for (id, (input, plan)) in cut.into_iter().enumerate() {
+            let input = Segment::new(state, input, plan.partial_input(), scans.len()).await?;
+            scans.extend(scan_specs(&input));
+            let mode = if id + 1 == count { mode } else { OutputMode::Append };
+            operators.push(Stage { id, input, plan, mode });
+        }
+        let output = Segment::new(state, output, false, scans.len()).await?;
+        scans.extend(scan_specs(&output));
+        check_chained(&operators, &output)?;
+        for stage in &operators {
+            stage.plan.check_mode(mode, stage.id + 1 == count)?;
+        }
+        let plan = IncrementalPlan {
+            scans: own_sources(scans)?,
+            operators,
+            output,
         };
-        let batch = BatchPlan {
-            reads_clock: reads_clock(&batch_logical),
-            physical: plan_at(state, &batch_logical, partial, Utc::now()).await?,
-            logical: batch_logical,
-            partial,
-        };
-        let scans = own_sources(scans_of(&batch.physical))?;
-        tracing::debug!(
-            plan = %datafusion::physical_plan::displayable(batch.physical.as_ref()).indent(false),
-            "incremental plan"
-        );
-        Ok(IncrementalPlan {
-            batch,
-            scans,
-            aggregate,
-        })
+        tracing::debug!(plan = %plan.explain("-"), "incremental plan");
+        Ok(plan)
     }
 
-    /// The stream scans, in the order [`IncrementalPlan::bind`] takes their inputs.
+    /// The stream scans, in the order the segments' [`Leaf::Scan`]s number them.
     pub(crate) fn scans(&self) -> &[ScanSpec] {
         &self.scans
+    }
+
+    /// The stateful operators, in the order they run.
+    pub(crate) fn operators(&self) -> &[Stage] {
+        &self.operators
+    }
+
+    /// The plan whose output goes to the sink.
+    pub(crate) fn output(&self) -> &Segment {
+        &self.output
     }
 
     /// What the query reads, a line per stream scan: the source, its watermark, and the columns
@@ -160,165 +216,106 @@ impl IncrementalPlan {
         sources
     }
 
-    /// The stateful aggregation, if the query has one.
-    pub(crate) fn aggregate(&self) -> Option<&AggregatePlan> {
-        self.aggregate.as_ref()
-    }
-
-    /// A fresh operator for the query's aggregation.
-    pub(crate) fn new_operator(&self, shards: usize) -> Result<Option<Sharded>> {
-        self.aggregate
-            .as_ref()
-            .map(|a| a.new_operator(&self.batch.physical, shards))
-            .transpose()
-    }
-
     /// The shape of the query's state, as named facts a checkpoint records and compares when
-    /// the query restarts; empty for a stateless query.
+    /// the query restarts: per operator, prefixed with its id; empty for a stateless query.
     pub(crate) fn state_shape(&self) -> Vec<(String, Vec<String>)> {
-        self.aggregate
-            .as_ref()
-            .map(|a| a.shape(&self.batch.physical.schema()))
-            .unwrap_or_default()
+        self.operators
+            .iter()
+            .flat_map(|stage| {
+                stage
+                    .plan
+                    .shape(&stage.input.physical.schema())
+                    .into_iter()
+                    .map(move |(what, facts)| (format!("stateful operator {}: {what}", stage.id), facts))
+            })
+            .collect()
     }
 
-    /// The batch plan of one batch: `inputs[i]` feeds `scans()[i]`; every other node is reset,
-    /// so the plan can run again. `batch_time` is what `now()` returns in this batch.
-    pub(crate) async fn bind(
-        &self,
-        state: &SessionState,
-        batch_time: DateTime<Utc>,
-        inputs: Vec<SendableRecordBatchStream>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let template = match self.batch.reads_clock {
-            true => plan_at(state, &self.batch.logical, self.batch.partial, batch_time).await?,
-            false => Arc::clone(&self.batch.physical),
-        };
-        bind_inputs(template, inputs)
-    }
-
-    /// The plan as text: what runs over each batch, the stateful operator, and what runs after it.
+    /// The plan as text: what runs over each batch, each stateful operator, and what runs after.
     pub(crate) fn explain(&self, state_partitions: &str) -> String {
-        let show = |plan: &Arc<dyn ExecutionPlan>| {
-            datafusion::physical_plan::displayable(plan.as_ref())
-                .indent(true)
-                .to_string()
-        };
-        let mut text = format!("== Batch plan ==\n{}", show(&self.batch.physical));
-        if let Some(aggregate) = &self.aggregate {
+        let mut text = String::new();
+        for stage in &self.operators {
+            let title = match stage.id {
+                0 => "== Batch plan ==".to_string(),
+                id => format!("== Plan between stateful operators {} and {id} ==", id - 1),
+            };
             text.push_str(&format!(
-                "== Stateful operator ==\n{}, state partitions: {state_partitions}\n== Post plan ==\n{}",
-                aggregate.describe(),
-                show(&aggregate.post)
+                "{title}\n{}== Stateful operator {} ==\n{}, state partitions: {state_partitions}\n",
+                stage.input.display(),
+                stage.id,
+                stage.plan.describe(),
             ));
         }
+        let title = match self.operators.is_empty() {
+            true => "== Batch plan ==",
+            false => "== Post plan ==",
+        };
+        text.push_str(&format!("{title}\n{}", self.output.display()));
         text
     }
 
-    /// The output columns that are the query's grouping keys (see [`AggregatePlan::output_keys`]);
-    /// `None` for a query without an aggregation, or when a grouping key is not in the output.
-    pub(crate) fn output_keys(&self) -> Option<Vec<String>> {
-        self.aggregate.as_ref().and_then(AggregatePlan::output_keys)
+    /// The last operator, whose output the post plan reads.
+    fn last(&self) -> Option<&Stage> {
+        self.operators.last()
     }
 
-    /// The output column that is a session window key; see [`AggregatePlan::session_output`].
+    /// The output columns that are the last operator's keys (an aggregation's grouping keys), in
+    /// output order: `Some` when every key reaches the output unchanged (perhaps renamed), `None`
+    /// when one is dropped or only used inside an expression, or without stateful operators.
+    pub(crate) fn output_keys(&self) -> Option<Vec<String>> {
+        let last = self.last()?;
+        let keys = last.plan.keys();
+        let schema = self.output.physical.schema();
+        let mut found = vec![false; keys.len()];
+        let mut names = Vec::new();
+        for (index, field) in schema.fields().iter().enumerate() {
+            if let Some((id, column)) = self.output.operator_column(index)
+                && id == last.id
+                && let Some(key) = keys.iter().position(|k| *k == column)
+            {
+                found[key] = true;
+                names.push(field.name().clone());
+            }
+        }
+        found.iter().all(|f| *f).then_some(names)
+    }
+
+    /// The output column that is the last operator's session window, if it reaches the output
+    /// unchanged.
     pub(crate) fn session_output(&self) -> Option<String> {
-        self.aggregate.as_ref().and_then(AggregatePlan::session_output)
+        let last = self.last()?;
+        let session = last.plan.session()?;
+        let schema = self.output.physical.schema();
+        (0..schema.fields().len())
+            .find(|index| self.output.operator_column(*index) == Some((last.id, session)))
+            .map(|index| schema.field(index).name().clone())
     }
 
     /// The output schema of the whole query.
-    pub(crate) fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
-        match &self.aggregate {
-            Some(a) => a.post_schema(),
-            None => self.batch.physical.schema(),
-        }
+    pub(crate) fn schema(&self) -> SchemaRef {
+        self.output.physical.schema()
     }
 }
 
-/// Plans a batch plan physically with `now()` fixed at `time`; for an aggregation (`partial`),
-/// keeps only DataFusion's partial stage.
-async fn plan_at(
-    state: &SessionState,
-    logical: &LogicalPlan,
-    partial: bool,
-    time: DateTime<Utc>,
-) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut state = state.clone();
-    // Order does not matter to an aggregation: let DataFusion spread the batch over its
-    // partitions (stateless queries keep rows in source order instead).
-    if partial {
-        state
-            .config_mut()
-            .options_mut()
-            .optimizer
-            .enable_round_robin_repartition = true;
-    }
-    let config = Arc::clone(state.config_options());
-    let props = state.execution_props_mut();
-    props.mark_start_execution(config);
-    props.query_execution_start_time = Some(time);
-    let physical = state.create_physical_plan(logical).await?;
-    match partial {
-        true => aggregate::partial_of(physical),
-        false => Ok(physical),
-    }
-}
-
-/// Replaces the stream scans of `plan`, left to right, with `inputs`, and resets every other node.
-pub(crate) fn bind_inputs(
-    plan: Arc<dyn ExecutionPlan>,
-    inputs: Vec<SendableRecordBatchStream>,
-) -> Result<Arc<dyn ExecutionPlan>> {
-    let expected = count_scans(&plan);
-    if inputs.len() != expected {
-        return Err(Error::Internal(format!(
-            "{} inputs for {expected} stream scans",
-            inputs.len()
-        )));
-    }
-    // `scans_of` and `transform_up` visit leaves in the same (left to right) order.
-    let mut inputs = inputs.into_iter();
-    let bound = plan.transform_up(|node| {
-        if let Some(scan) = node.downcast_ref::<StreamScanExec>() {
-            let input = inputs
-                .next()
-                .ok_or_else(|| Error::Internal("too few inputs for the stream scans".into()).into_datafusion())?;
-            return Ok(Transformed::yes(Arc::new(scan.bind(input)) as Arc<dyn ExecutionPlan>));
-        }
-        Ok(Transformed::yes(node.reset_state()?))
-    })?;
-    Ok(bound.data)
-}
-
-fn count_scans(plan: &Arc<dyn ExecutionPlan>) -> usize {
-    let mut n = 0;
-    let _ = plan.apply(|node| {
-        n += usize::from(node.downcast_ref::<StreamScanExec>().is_some());
-        Ok(TreeNodeRecursion::Continue)
-    });
-    n
-}
-
-fn scans_of(plan: &Arc<dyn ExecutionPlan>) -> Vec<ScanSpec> {
-    let mut scans = Vec::new();
-    let _ = plan.apply(|node| {
-        if let Some(scan) = node.downcast_ref::<StreamScanExec>()
-            && let Some(origin) = &scan.origin
-        {
+/// The scans of a segment's stream leaves, left to right.
+fn scan_specs(segment: &Segment) -> Vec<ScanSpec> {
+    segment
+        .scans()
+        .into_iter()
+        .filter_map(|scan| {
+            let origin = scan.origin.as_ref()?;
             let watermark = origin.watermark.as_ref().and_then(|w| {
                 let index = scan.properties().eq_properties.schema().index_of(&w.column).ok()?;
                 Some((w.clone(), index))
             });
-            scans.push(ScanSpec {
+            Some(ScanSpec {
                 source: origin.source.clone(),
                 projection: scan.projection.clone(),
                 watermark,
                 idle_timeout: origin.idle_timeout,
-            });
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    scans
+            })
+        })
+        .collect()
 }
 
 /// Gives the query its own instance of each source it reads (see [`Source::for_query`]); scans
@@ -337,6 +334,151 @@ fn own_sources(mut scans: Vec<ScanSpec>) -> Result<Vec<ScanSpec>> {
         scan.source = instance;
     }
     Ok(scans)
+}
+
+/// The stateful operators found in a query, bottom up: each one's input plan and its plan.
+type Operators = Vec<(LogicalPlan, Box<dyn OperatorPlan>)>;
+
+/// Cuts `analyzed` at every stateful node over a stream, bottom up: each becomes an operator
+/// whose input is the plan below it, and a scan of the operator's output takes its place in the
+/// plan above. Returns the operators and what is left above the last one.
+fn cut(analyzed: &LogicalPlan) -> Result<(Operators, LogicalPlan)> {
+    let mut operators: Operators = Vec::new();
+    let output = analyzed.clone().transform_up(|node| {
+        let id = operators.len();
+        let found = match &node {
+            LogicalPlan::Aggregate(aggregate) if contains_stream(&aggregate.input) => {
+                Some(aggregate::cut(aggregate).map_err(Error::into_datafusion)?)
+            }
+            LogicalPlan::Distinct(distinct) if node.inputs().iter().any(|i| contains_stream(i)) => {
+                Some(dedup::cut(distinct).map_err(Error::into_datafusion)?)
+            }
+            _ => None,
+        };
+        let Some((input, plan)) = found else {
+            return Ok(Transformed::no(node));
+        };
+        let scan = output_scan(id, &node, plan.as_ref()).map_err(Error::into_datafusion)?;
+        operators.push((input, plan));
+        Ok(Transformed::yes(scan))
+    })?;
+    Ok((operators, output.data))
+}
+
+/// A scan of operator `id`'s output in place of `node`, under `node`'s column names and
+/// qualifiers. The operator's table has plain positional names; a projection gives them back.
+fn output_scan(id: usize, node: &LogicalPlan, plan: &dyn OperatorPlan) -> Result<LogicalPlan> {
+    let name = format!("__tidewater_operator_{id}");
+    let schema = node.schema();
+    let positional = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
+            .collect::<Vec<_>>(),
+    ));
+    let watermarked = plan
+        .watermarked()
+        .into_iter()
+        .map(|i| schema.field(i).name().clone())
+        .collect();
+    let table: Arc<dyn TableProvider> = Arc::new(OperatorOutputTable {
+        operator: id,
+        schema: positional,
+        watermarked,
+    });
+    let requalify: Vec<Expr> = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            Expr::Column(Column::new(Some(name.as_str()), format!("c{i}")))
+                .alias_qualified(qualifier.cloned(), field.name())
+        })
+        .collect();
+    Ok(
+        LogicalPlanBuilder::scan(name.as_str(), provider_as_source(table), None)?
+            .project(requalify)?
+            .build()?,
+    )
+}
+
+/// Checks a cut query: every segment is stateless, and ORDER BY / LIMIT come only after the last
+/// operator, in complete mode. (Whether the output mode suits each operator is checked once the
+/// segments show that the operators form a chain.)
+fn check_chain(operators: &Operators, output: &LogicalPlan, mode: OutputMode) -> Result<()> {
+    for (input, plan) in operators {
+        // An aggregation's input segment is the aggregation itself: what is below it is stateless.
+        let stateless = match plan.partial_input() {
+            true => input.inputs(),
+            false => vec![input],
+        };
+        for plan in stateless {
+            check_stateless(plan)?;
+        }
+    }
+    if operators.is_empty() {
+        check_stateless(output)?;
+        if mode == OutputMode::Complete {
+            return Err(Error::plan(
+                "output mode 'complete' needs an aggregation: without one the result table is every \
+                 row ever seen; use output_mode 'append' (or 'update')",
+            ));
+        }
+        return Ok(());
+    }
+    let sorts = output.exists(|node| Ok(matches!(node, LogicalPlan::Sort(_) | LogicalPlan::Limit(_))))?;
+    if sorts && mode != OutputMode::Complete {
+        return Err(Error::plan(format!(
+            "ORDER BY and LIMIT after a streaming aggregation need output mode 'complete' (the whole result \
+             table each batch); in '{mode}' mode each batch emits only some rows, so there is nothing to sort"
+        )));
+    }
+    check_stateless_but_sorts(output, mode == OutputMode::Complete)
+}
+
+/// Refuses stateful operators side by side: each operator's output must feed the next one (or,
+/// for the last, the post plan) and nothing else.
+fn check_chained(operators: &[Stage], output: &Segment) -> Result<()> {
+    let segments: Vec<&Segment> = operators.iter().map(|s| &s.input).chain([output]).collect();
+    for stage in operators {
+        let readers: Vec<usize> = (0..segments.len())
+            .filter(|i| segments[*i].leaves.contains(&Leaf::Operator(stage.id)))
+            .collect();
+        let reads = segments
+            .iter()
+            .flat_map(|s| &s.leaves)
+            .filter(|l| **l == Leaf::Operator(stage.id))
+            .count();
+        if readers != [stage.id + 1] || reads != 1 {
+            return Err(Error::plan(
+                "stateful operators side by side (such as a UNION or a join of two aggregations over streams) \
+                 are not supported: a query's stateful operators form a chain, each reading the one before",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The columns of streams and operator outputs under `plan` that carry a watermark, by name.
+pub(crate) fn watermarked_columns(plan: &LogicalPlan) -> HashSet<String> {
+    let mut watermarked = HashSet::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+        {
+            if let Some(table) = provider.downcast_ref::<StreamTable>()
+                && let Some(w) = &table.watermark
+            {
+                watermarked.insert(w.column.clone());
+            }
+            if let Some(table) = provider.downcast_ref::<OperatorOutputTable>() {
+                watermarked.extend(table.watermarked.iter().cloned());
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    watermarked
 }
 
 /// True when the plan calls a function whose value is the current time or date.
@@ -361,7 +503,7 @@ fn reads_clock(plan: &LogicalPlan) -> bool {
 }
 
 /// The stream table a table scan reads, if it reads one.
-pub(crate) fn scanned_table(node: &LogicalPlan) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+pub(crate) fn scanned_table(node: &LogicalPlan) -> Option<Arc<dyn TableProvider>> {
     let LogicalPlan::TableScan(scan) = node else {
         return None;
     };
@@ -369,9 +511,18 @@ pub(crate) fn scanned_table(node: &LogicalPlan) -> Option<Arc<dyn datafusion::ca
     provider.downcast_ref::<StreamTable>().is_some().then_some(provider)
 }
 
-/// The stream a table scan reads, if it reads one.
+/// The stream a table scan reads, if it reads one: a stream's name, or for the output of a
+/// stateful operator (which is a stream to the plan above it), which operator's.
 pub(crate) fn scanned_stream(node: &LogicalPlan) -> Option<String> {
-    scanned_table(node).and_then(|p| p.downcast_ref::<StreamTable>().map(|t| t.name.clone()))
+    let LogicalPlan::TableScan(scan) = node else {
+        return None;
+    };
+    let provider = source_as_provider(&scan.source).ok()?;
+    if let Some(table) = provider.downcast_ref::<StreamTable>() {
+        return Some(table.name.clone());
+    }
+    let output = provider.downcast_ref::<OperatorOutputTable>()?;
+    Some(format!("the output of stateful operator {}", output.operator))
 }
 
 /// The first stream the plan reads, if it reads any (subqueries included).
@@ -411,16 +562,21 @@ fn reads_stream_in_subquery(node: &LogicalPlan) -> datafusion::common::Result<bo
 
 /// Refuses operations that need state across batches and that no operator handles.
 pub(crate) fn check_stateless(plan: &LogicalPlan) -> Result<()> {
+    check_stateless_but_sorts(plan, false)
+}
+
+/// [`check_stateless`], letting ORDER BY and LIMIT through when `sorts` (complete mode, after
+/// an aggregation: each batch emits the whole result table).
+fn check_stateless_but_sorts(plan: &LogicalPlan, sorts: bool) -> Result<()> {
     let mut problem = None;
     plan.apply(|node| {
         let streaming: Vec<bool> = node.inputs().iter().map(|i| contains_stream(i)).collect();
         let any = streaming.iter().any(|s| *s);
         problem = match node {
-            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) if any => Some(
-                "this aggregation over a stream is not supported: a query may have one aggregation (GROUP BY \
-                 or aggregate functions), with only projections, filters and, in complete mode, ORDER BY / \
-                 LIMIT after it; DISTINCT is not supported yet",
-            ),
+            LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) if any => {
+                Some("this aggregation over a stream is not supported")
+            }
+            LogicalPlan::Sort(_) | LogicalPlan::Limit(_) if sorts => None,
             LogicalPlan::Sort(_) if any => Some(
                 "ORDER BY over a stream is not supported: a stream has no end to sort to (sorting is \
                  possible after an aggregation in complete mode)",

@@ -123,7 +123,13 @@ impl TableProvider for StreamTable {
 /// The output of a stateful operator, as a table the rest of the query reads.
 #[derive(Debug)]
 pub(crate) struct OperatorOutputTable {
+    /// The operator's id.
+    pub(crate) operator: usize,
+    /// Its columns, with positional names (`c0`, `c1`, ...).
     pub(crate) schema: SchemaRef,
+    /// The columns (by the names the query gives them) that carry event time under a watermark:
+    /// an aggregation over them downstream can close windows.
+    pub(crate) watermarked: Vec<String>,
 }
 
 #[async_trait]
@@ -144,13 +150,15 @@ impl TableProvider for OperatorOutputTable {
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let schema = project_schema(&self.schema, projection.map(|p| p.as_slice())).map_err(|e| e.into_datafusion())?;
-        Ok(Arc::new(StreamScanExec::new(
-            "stateful operator output".to_string(),
+        let mut scan = StreamScanExec::new(
+            format!("output of stateful operator {}", self.operator),
             None,
             projection.cloned(),
             schema,
             None,
-        )))
+        );
+        scan.operator = Some(self.operator);
+        Ok(Arc::new(scan))
     }
 }
 
@@ -167,6 +175,8 @@ pub(crate) struct StreamScanExec {
     pub(crate) stream: String,
     /// The stream's source; `None` for a stateful operator's output.
     pub(crate) origin: Option<ScanOrigin>,
+    /// The stateful operator whose output this leaf reads, if it reads one.
+    pub(crate) operator: Option<usize>,
     pub(crate) projection: Option<Vec<usize>>,
     /// The batch's rows; taken by the (single) execution of this node.
     input: Mutex<Option<SendableRecordBatchStream>>,
@@ -192,6 +202,7 @@ impl StreamScanExec {
         StreamScanExec {
             stream,
             origin,
+            operator: None,
             projection,
             bound: input.is_some(),
             input: Mutex::new(input),
@@ -201,13 +212,15 @@ impl StreamScanExec {
 
     /// The same scan with one batch's rows to hand out.
     pub(crate) fn bind(&self, input: SendableRecordBatchStream) -> Self {
-        StreamScanExec::new(
+        let mut bound = StreamScanExec::new(
             self.stream.clone(),
             self.origin.clone(),
             self.projection.clone(),
             self.properties.eq_properties.schema().clone(),
             Some(input),
-        )
+        );
+        bound.operator = self.operator;
+        bound
     }
 }
 

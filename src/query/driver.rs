@@ -16,17 +16,18 @@ use std::time::Duration;
 
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SessionState;
+use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{collect, execute_stream};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::progress::{SinkProgress, SourceProgress, StateOperatorProgress, StreamingQueryProgress, rate};
+use super::stages::Operators;
 use super::{Outcome, QueryShared, Trigger};
 use crate::checkpoint::{CLEAN_EVERY, Checkpoint, CommitEntry, OffsetEntry, Recovery};
 use crate::error::{Error, Result};
-use crate::operator::{OperatorMetrics, Sharded};
+use crate::operator::OperatorMetrics;
 use crate::planner::IncrementalPlan;
 use crate::sink::{OutputMode, Sink};
 use crate::source::{Offset, ReadLimit, Source};
@@ -84,17 +85,16 @@ async fn wait_for_offsets(write: Option<Background>) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// After batch `batch_id` committed: old checkpoint entries go and the state's `snapshot` is
-/// written if one was taken, both in the background.
+/// After batch `batch_id` committed: old checkpoint entries go and the state snapshots taken
+/// are written, both in the background.
 fn clean_up(
     checkpoint: &Checkpoint,
-    store: Option<&StateStore>,
+    stores: Vec<(Arc<StateStore>, Option<Vec<SnapshotJob>>)>,
     retention: Retention,
     batch_id: u64,
-    snapshot: Option<Vec<SnapshotJob>>,
 ) {
     let oldest_kept = (batch_id + 1).saturating_sub(retention.min_batches);
-    if let Some(store) = store {
+    for (store, snapshot) in stores {
         store.maintain(batch_id, oldest_kept, snapshot);
     }
     if batch_id.is_multiple_of(CLEAN_EVERY) && oldest_kept > 0 {
@@ -205,22 +205,18 @@ impl Driver {
             }
             scan_cursor.push(index);
         }
-        let mut operator = self.plan.new_operator(self.state_partitions)?;
-        let store = match (&operator, self.checkpoint.state_dir()) {
-            (Some(op), Some(dir)) => Some(Arc::new(StateStore::new(
-                dir.child("0"),
-                op.len(),
-                self.retention.snapshot_interval,
-            ))),
-            _ => None,
-        };
-        let event_time = self.plan.aggregate().is_some_and(|a| a.has_event_time());
+        let mut operators = Operators::new(
+            &self.plan,
+            self.state_partitions,
+            &self.checkpoint,
+            self.retention.snapshot_interval,
+        )?;
+        let event_time = self.plan.operators().iter().any(|s| s.plan.has_event_time());
         // Windows over processing time close at the batch's time: the watermark is the clock.
-        let processing_time = self.plan.aggregate().is_some_and(|a| a.has_processing_time());
+        let processing_time = self.plan.operators().iter().any(|s| s.plan.has_processing_time());
 
         self.shared.set_status("Restoring from the checkpoint", false, true);
-        let (mut watermarks, mut batch_id, mut replay) =
-            self.recover(&mut cursors, operator.as_mut(), store.as_deref()).await?;
+        let (mut watermarks, mut batch_id, mut replay) = self.recover(&mut cursors, &mut operators).await?;
         for (i, cursor) in cursors.iter().enumerate() {
             let log = self
                 .checkpoint
@@ -248,7 +244,7 @@ impl Driver {
 
                 let replaying = replay.is_some();
                 let mut logging: Option<Background> = None;
-                let mut changes = None;
+                let mut changes = Vec::new();
                 let (ends, batch_time) = match replay.take() {
                     // A batch logged but never committed runs again exactly as logged.
                     Some(entry) => {
@@ -278,9 +274,8 @@ impl Driver {
                         // clock passes the end of one, to emit it in append mode.
                         let window_due = processing_time
                             && self.output_mode == OutputMode::Append
-                            && operator
-                                .as_ref()
-                                .and_then(|o| o.next_close())
+                            && operators
+                                .next_close()
                                 .is_some_and(|end| end <= crate::time::now_nanos());
                         if !has_data && !watermark_moved && !window_due {
                             if matches!(self.trigger, Trigger::Once | Trigger::AvailableNow) {
@@ -346,7 +341,7 @@ impl Driver {
                 self.shared.set_status("Processing new data", has_data, true);
                 let span = tracing::info_span!("batch", batch_id);
                 let counters: Vec<Arc<AtomicU64>> = cursors.iter().map(|_| Arc::default()).collect();
-                let mut operator_metrics = None;
+                let mut operator_metrics = Vec::new();
                 let (get_batch_ms, add_batch_ms, wal_commit_ms, output_rows) = async {
                     let read_start = Instant::now();
                     let mut inputs = Vec::with_capacity(scan_cursor.len());
@@ -369,50 +364,24 @@ impl Driver {
                     }
                     let get_batch_ms = read_start.elapsed().as_millis() as u64;
                     let add_start = Instant::now();
-                    let bound = self.plan.bind(&self.state, batch_time, inputs).await?;
-                    let wal_commit;
-                    let rows = match (operator.as_mut(), self.plan.aggregate()) {
-                        (Some(operator), Some(aggregate)) => {
-                            let partial = collect(bound, self.state.task_ctx()).await?;
-                            let emitted = operator.process(
-                                &partial,
-                                self.output_mode,
-                                watermarks.previous,
-                                watermarks.current,
-                            )?;
-                            operator_metrics = Some(emitted.metrics);
-                            let post = aggregate.bind_post(&self.state, batch_time, emitted.rows).await?;
-                            let output = execute_stream(post, self.state.task_ctx())?;
-                            let replaced = match emitted.replaced.num_rows() {
-                                0 => Vec::new(),
-                                _ => {
-                                    let post = aggregate.bind_post(&self.state, batch_time, emitted.replaced).await?;
-                                    collect(post, self.state.task_ctx()).await?
-                                }
-                            };
-                            wal_commit = wait_for_offsets(logging.take()).await?;
-                            // The state's changes are written after the batch, with its commit.
-                            changes = match &store {
-                                // A due snapshot is taken now, as the state is after this batch.
-                                Some(store) => Some((
-                                    operator.changes()?,
-                                    store.snapshot_due(batch_id).then(|| operator.snapshot()),
-                                )),
-                                None => {
-                                    operator.discard_changes();
-                                    None
-                                }
-                            };
-                            self.sink
-                                .add_batch_replacing(batch_id, self.output_mode, output, replaced)
-                                .await?
-                        }
-                        _ => {
-                            let output = execute_stream(bound, self.state.task_ctx())?;
-                            wal_commit = wait_for_offsets(logging.take()).await?;
-                            self.sink.add_batch(batch_id, self.output_mode, output).await?
-                        }
-                    };
+                    let batch = operators
+                        .run(
+                            &self.plan,
+                            &self.state,
+                            batch_time,
+                            inputs,
+                            (watermarks.previous, watermarks.current),
+                        )
+                        .await?;
+                    operator_metrics = batch.metrics;
+                    let output = execute_stream(batch.plan, self.state.task_ctx())?;
+                    let wal_commit = wait_for_offsets(logging.take()).await?;
+                    // The state's changes are written after the batch, with its commit.
+                    changes = operators.changes(batch_id)?;
+                    let rows = self
+                        .sink
+                        .add_batch_replacing(batch_id, self.output_mode, output, batch.replaced)
+                        .await?;
                     tracing::debug!(rows, "batch written");
                     let add_batch = add_start.elapsed().saturating_sub(wal_commit);
                     Ok::<_, Error>((
@@ -450,28 +419,29 @@ impl Driver {
                 };
                 // State version N and the commit are written while the next batch runs; the next
                 // batch's offsets entry waits for them, so the logs never have a gap.
-                let (checkpoint, store, retention) = (self.checkpoint.clone(), store.clone(), self.retention);
+                let (checkpoint, retention) = (self.checkpoint.clone(), self.retention);
                 let consumed: Vec<_> = cursors
                     .iter()
                     .filter_map(|c| Some((c.source.clone(), c.committed.clone()?)))
                     .collect();
                 pending_commit = Some(tokio::spawn(async move {
-                    let (changes, snapshot) = changes.unzip();
-                    if let (Some(store), Some(changes)) = (&store, changes) {
-                        store.write(batch_id, changes).await?;
+                    let mut snapshots = Vec::with_capacity(changes.len());
+                    for (store, files, snapshot) in changes {
+                        store.write(batch_id, files).await?;
+                        snapshots.push((store, snapshot));
                     }
                     checkpoint.write_commit(&commit).await?;
                     // Committed: the sources may let go of what the batch read.
                     for (source, end) in consumed {
                         source.commit(&end).await?;
                     }
-                    clean_up(&checkpoint, store.as_deref(), retention, batch_id, snapshot.flatten());
+                    clean_up(&checkpoint, snapshots, retention, batch_id);
                     Ok(())
                 }));
                 self.record_progress(Report {
                     batch_id,
                     watermark: batch_watermark,
-                    operator: operator_metrics,
+                    operators: operator_metrics,
                     trigger_start,
                     previous_trigger,
                     latest_offset_ms,
@@ -499,7 +469,7 @@ impl Driver {
         }
         .await;
         let committed = finish(pending_commit.take()).await;
-        if let Some(store) = &store {
+        for store in operators.stores() {
             store.finish().await;
         }
         for cursor in &cursors {
@@ -514,8 +484,7 @@ impl Driver {
     async fn recover(
         &self,
         cursors: &mut [SourceCursor],
-        operator: Option<&mut Sharded>,
-        store: Option<&StateStore>,
+        operators: &mut Operators,
     ) -> Result<(Watermarks, u64, Option<OffsetEntry>)> {
         let logged = match &self.recovery {
             Recovery::Fresh => None,
@@ -554,9 +523,7 @@ impl Driver {
                 cursor.committed = offset.clone();
                 cursor.max_event_time.store(max.unwrap_or(i64::MIN), Ordering::Relaxed);
             }
-            if let (Some(operator), Some(store)) = (operator, store) {
-                operator.restore(store.load(offsets.batch_id).await?)?;
-            }
+            operators.restore(offsets.batch_id).await?;
             tracing::info!(batch_id = offsets.batch_id, checkpoint = %self.checkpoint.location(), "restored from checkpoint");
         }
         Ok((watermarks, next, replay))
@@ -634,9 +601,10 @@ impl Driver {
                 .into_iter()
                 .collect(),
             state_operators: r
-                .operator
-                .map(|m| StateOperatorProgress {
-                    operator_name: "stateStoreSave".to_string(),
+                .operators
+                .iter()
+                .map(|(name, m)| StateOperatorProgress {
+                    operator_name: name.to_string(),
                     num_rows_total: m.rows_total,
                     num_rows_updated: m.rows_updated,
                     num_rows_removed: m.rows_removed,
@@ -644,7 +612,6 @@ impl Driver {
                     num_rows_dropped_by_watermark: m.dropped_by_watermark,
                     custom_metrics: [("numRowsWithNullEventTime".to_string(), m.null_event_time)].into(),
                 })
-                .into_iter()
                 .collect(),
             sources,
             sink: SinkProgress {
@@ -667,7 +634,8 @@ struct Report<'a> {
     batch_id: u64,
     /// The watermark the batch ran with.
     watermark: Option<i64>,
-    operator: Option<OperatorMetrics>,
+    /// Each stateful operator's name and metrics, in chain order.
+    operators: Vec<(&'static str, OperatorMetrics)>,
     trigger_start: Instant,
     previous_trigger: Option<Instant>,
     latest_offset_ms: u64,

@@ -7,6 +7,7 @@
 
 pub(crate) mod driver;
 pub(crate) mod progress;
+pub(crate) mod stages;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -242,6 +242,27 @@ impl GroupTable {
         })
     }
 
+    /// Adds the keys of a table without states (a set of keys): says of each row whether it is
+    /// the first row of a key the table did not hold, and returns the slots of those keys.
+    pub(crate) fn insert(&mut self, keys: &[ArrayRef]) -> Result<(Vec<bool>, Vec<usize>)> {
+        let rows = keys.first().map_or(0, |a| a.len());
+        let before = self.len();
+        let slot_of_row = self.intern(keys, rows)?;
+        let mut added = Vec::new();
+        let first = slot_of_row
+            .iter()
+            .map(|&slot| {
+                // New slots are handed out in order of first appearance.
+                let new = slot == before + added.len();
+                if new {
+                    added.push(slot);
+                }
+                new
+            })
+            .collect();
+        Ok((first, added))
+    }
+
     /// Sets the state rows of the groups with `keys` (one row each, keys distinct), replacing
     /// what the table held for them: how a restored snapshot or delta is applied.
     pub(crate) fn replace(&mut self, keys: &[ArrayRef], states: &[ArrayRef]) -> Result<()> {
@@ -250,6 +271,9 @@ impl GroupTable {
             return Ok(());
         }
         let slots = self.intern(keys, rows)?;
+        if self.state_schema.fields().is_empty() {
+            return Ok(());
+        }
         let chunk = RecordBatch::try_new(self.state_schema.clone(), states.to_vec())
             .map_err(|e| Error::Internal(format!("restored state: {e}")))?;
         self.push_states(chunk, &slots)

@@ -142,12 +142,20 @@ async fn queries_a_stream_cannot_serve_are_refused_at_start() {
             "needs an event-time window with a watermark",
         ),
         (
-            "INSERT INTO m SELECT DISTINCT s FROM e",
-            "DISTINCT is not supported yet",
+            "INSERT INTO c SELECT DISTINCT s FROM e",
+            "output mode 'complete' needs an aggregation: SELECT DISTINCT",
+        ),
+        (
+            "INSERT INTO m SELECT DISTINCT ON (s) n, s FROM e ORDER BY s, n",
+            "leave out the ORDER BY",
         ),
         (
             "INSERT INTO c SELECT n, count(*) FROM (SELECT s, count(*) AS n FROM e GROUP BY s) GROUP BY n",
-            "one aggregation",
+            "an aggregation that feeds another stateful operator must emit each group once",
+        ),
+        (
+            "INSERT INTO m SELECT s, count(*) FROM e GROUP BY s UNION ALL SELECT s, count(*) FROM e GROUP BY s",
+            "side by side",
         ),
         ("INSERT INTO m SELECT n FROM e ORDER BY n", "ORDER BY"),
         (

@@ -1,0 +1,178 @@
+//! Deduplication over a stream as a stateful operator: `SELECT DISTINCT` and
+//! `SELECT DISTINCT ON (keys) ...`.
+//!
+//! A row passes the first time its key is seen and never again, as Spark's `dropDuplicates`: the
+//! operator keeps the keys seen. `SELECT DISTINCT` keys on every selected column; `DISTINCT ON
+//! (keys)` keeps the first row of each key to arrive (on a stream there is no ORDER BY to choose
+//! another). When a key column carries event time under a watermark, keys are kept by that time
+//! and forgotten once the watermark passes it, so state stays bounded; rows whose time the
+//! watermark has already passed are late, dropped and counted.
+//!
+//! The input segment computes the selected columns followed by the key columns; the operator
+//! emits the selected ones.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::{OperatorPlan, watermarked_columns};
+use crate::error::{Error, Result};
+use crate::operator::{Deduplicate, Sharded, StatefulOperator};
+use crate::sink::OutputMode;
+
+/// The state and output of one deduplication.
+#[derive(Debug)]
+pub(crate) struct DedupPlan {
+    /// The input columns that are the key.
+    keys: Vec<usize>,
+    /// The key column (a position in `keys`) that carries event time, if one does.
+    event_time: Option<usize>,
+    /// How many leading input columns are the output.
+    width: usize,
+    /// Names of the output columns, for EXPLAIN.
+    output_names: Vec<String>,
+    /// The output columns that carry event time under a watermark.
+    watermarked: Vec<usize>,
+}
+
+impl OperatorPlan for DedupPlan {
+    fn new_operator(&self, input: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded> {
+        let schema = input.schema();
+        let operators = (0..shards.max(1))
+            .map(|_| -> Result<Box<dyn StatefulOperator>> {
+                Ok(Box::new(Deduplicate::try_new(
+                    &schema,
+                    self.keys.clone(),
+                    self.event_time,
+                    self.width,
+                )?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Sharded::new(operators, self.keys.clone()))
+    }
+
+    fn describe(&self) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|k| match self.output_names.get(*k) {
+                Some(name) => name.clone(),
+                None => format!("key {}", k - self.width + 1),
+            })
+            .collect();
+        let event_time = match self.event_time {
+            Some(i) => format!(", event time: {} (with watermark)", keys[i]),
+            None => ", state grows with every new key (no watermarked key)".to_string(),
+        };
+        format!(
+            "Deduplicate: keys [{}], columns [{}]{event_time}",
+            keys.join(", "),
+            self.output_names.join(", ")
+        )
+    }
+
+    fn progress_name(&self) -> &'static str {
+        "dedupe"
+    }
+
+    fn shape(&self, input: &SchemaRef) -> Vec<(String, Vec<String>)> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| format!("{} {}", input.field(*k).name(), input.field(*k).data_type()))
+            .collect();
+        vec![
+            ("the deduplication keys".to_string(), keys),
+            ("the stateful operator".to_string(), vec![self.describe()]),
+        ]
+    }
+
+    fn partial_input(&self) -> bool {
+        false
+    }
+
+    fn has_event_time(&self) -> bool {
+        self.event_time.is_some()
+    }
+
+    fn check_mode(&self, mode: OutputMode, last: bool) -> Result<()> {
+        if last && mode == OutputMode::Complete {
+            return Err(Error::plan(
+                "output mode 'complete' needs an aggregation: SELECT DISTINCT over a stream emits each new row \
+                 once; use output_mode 'append' (or 'update'), or count the rows with GROUP BY",
+            ));
+        }
+        Ok(())
+    }
+
+    fn keys(&self) -> Vec<usize> {
+        self.keys.iter().copied().filter(|k| *k < self.width).collect()
+    }
+
+    fn watermarked(&self) -> Vec<usize> {
+        self.watermarked.clone()
+    }
+}
+
+/// The deduplication `distinct` (over a stream) as an operator: its input segment's logical plan
+/// and its plan.
+pub(crate) fn cut(distinct: &Distinct) -> Result<(LogicalPlan, Box<dyn OperatorPlan>)> {
+    let watermarked = watermarked_columns(distinct.input());
+    let (input, keys, width) = match distinct {
+        Distinct::All(input) => {
+            let width = input.schema().fields().len();
+            (input.as_ref().clone(), (0..width).collect::<Vec<_>>(), width)
+        }
+        Distinct::On(on) => {
+            if on.sort_expr.is_some() {
+                return Err(Error::plan(
+                    "DISTINCT ON ... ORDER BY over a stream is not supported: a stream keeps the first row of \
+                     each key to arrive; leave out the ORDER BY",
+                ));
+            }
+            // The selected columns under their names, then the keys.
+            let width = on.select_expr.len();
+            let mut exprs: Vec<Expr> = on
+                .schema
+                .iter()
+                .zip(&on.select_expr)
+                .map(|((qualifier, field), e)| e.clone().alias_qualified(qualifier.cloned(), field.name()))
+                .collect();
+            exprs.extend(
+                on.on_expr
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| e.clone().alias(format!("__tidewater_key_{i}"))),
+            );
+            let input = LogicalPlanBuilder::from(on.input.as_ref().clone())
+                .project(exprs)?
+                .build()?;
+            (input, (width..width + on.on_expr.len()).collect(), width)
+        }
+    };
+    let schema = input.schema();
+    let is_event_time = |i: usize| {
+        let field = schema.field(i);
+        matches!(field.data_type(), DataType::Timestamp(_, _)) && watermarked.contains(field.name())
+    };
+    // A key is event time when it is a watermarked column (for DISTINCT ON, when its expression is).
+    let event_time = keys.iter().position(|k| match distinct {
+        Distinct::On(on) => {
+            matches!(&on.on_expr[k - width], Expr::Column(c) if watermarked.contains(&c.name))
+                && matches!(schema.field(*k).data_type(), DataType::Timestamp(_, _))
+        }
+        Distinct::All(_) => is_event_time(*k),
+    });
+    let output_names = (0..width).map(|i| schema.field(i).name().clone()).collect();
+    let watermarked = (0..width).filter(|i| is_event_time(*i)).collect();
+    let plan = DedupPlan {
+        keys,
+        event_time,
+        width,
+        output_names,
+        watermarked,
+    };
+    Ok((input, Box::new(plan)))
+}
