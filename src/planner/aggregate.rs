@@ -247,6 +247,13 @@ fn event_time_key(aggregate: &Aggregate) -> (Option<EventTimeKey>, Option<usize>
         Expr::ScalarFunction(f) if matches!(f.func.name(), "window" | "window_list" | "session_window") => {
             match f.args.first().map(|a| a.clone().unalias()) {
                 Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
+                // The event time of an earlier window aggregation's windows (chained windows).
+                Some(Expr::ScalarFunction(time)) if time.func.name() == "window_time" => {
+                    match time.args.first().map(|a| origin(a.clone().unalias(), &aggregate.input)) {
+                        Some(Expr::Column(c)) if watermarked.contains(&c.name) => Some(EventTimeKey::Window(i)),
+                        _ => None,
+                    }
+                }
                 // `now()` is the batch's time (`current_timestamp()` is its other name).
                 Some(Expr::ScalarFunction(now)) if now.func.name() == "now" && f.func.name() != "session_window" => {
                     processing_time = true;

@@ -378,10 +378,12 @@ fn output_scan(id: usize, node: &LogicalPlan, plan: &dyn OperatorPlan) -> Result
             .map(|(i, f)| f.as_ref().clone().with_name(format!("c{i}")))
             .collect::<Vec<_>>(),
     ));
+    // Under the names the query gives them and the table's own, which a column followed down
+    // through the projections above ends at.
     let watermarked = plan
         .watermarked()
         .into_iter()
-        .map(|i| schema.field(i).name().clone())
+        .flat_map(|i| [schema.field(i).name().clone(), format!("c{i}")])
         .collect();
     let table: Arc<dyn TableProvider> = Arc::new(OperatorOutputTable {
         operator: id,

@@ -499,3 +499,56 @@ impl ScalarUDFImpl for SessionPiece {
         Ok(ColumnarValue::Array(Arc::new(pieces)))
     }
 }
+
+/// `window_time(window)`: the event time of a window, its end less one unit of its type (Spark's
+/// `window_time`, end minus a microsecond for microsecond times): the time under which a window
+/// aggregation's output falls into the right window of a second window aggregation, as in
+/// `GROUP BY window(window_time(w), '1 hour')` over `SELECT window(t, '10 minutes') AS w ...`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WindowTime {
+    signature: Signature,
+}
+
+impl WindowTime {
+    pub(crate) fn new() -> Self {
+        WindowTime {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for WindowTime {
+    fn name(&self) -> &str {
+        "window_time"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match &arg_types[0] {
+            DataType::Struct(fields) => match fields.find("end") {
+                Some((_, end)) if matches!(end.data_type(), DataType::Timestamp(_, _)) => Ok(end.data_type().clone()),
+                _ => plan_err!("window_time() takes a window (a struct with a timestamp 'end'), not {}", arg_types[0]),
+            },
+            other => plan_err!("window_time() takes a window made by window() or session_window(), not {other}"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::compute::cast;
+        let rows = args.number_rows;
+        let windows = args.args[0].to_array(rows)?;
+        let windows = windows.as_struct();
+        let Some(end) = windows.column_by_name("end") else {
+            return exec_err!("window_time(): the window has no 'end'");
+        };
+        let ends = cast(end, &DataType::Int64)?;
+        // A window's end is above the smallest time, so taking one away cannot wrap.
+        let times: PrimitiveArray<Int64Type> = ends.as_primitive::<Int64Type>().unary(|end| end.saturating_sub(1));
+        let nulls = NullBuffer::union(windows.nulls(), times.nulls());
+        let times = PrimitiveArray::<Int64Type>::new(times.values().clone(), nulls);
+        Ok(ColumnarValue::Array(cast(&times, end.data_type())?))
+    }
+}
