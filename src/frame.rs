@@ -239,6 +239,37 @@ impl StreamingDataFrame {
         })
     }
 
+    /// Each distinct row once, the first time it arrives (`SELECT DISTINCT`).
+    pub fn distinct(self) -> Result<Self> {
+        self.map(|df| df.distinct())
+    }
+
+    /// The first row of each distinct value of `columns` to arrive, all columns kept (Spark's
+    /// `dropDuplicates(columns)`; `SELECT DISTINCT ON (columns) *` in SQL). The keys seen are
+    /// state: when one of `columns` is the stream's watermarked event-time column, keys the
+    /// watermark has passed are forgotten and late rows dropped, so the state stays bounded;
+    /// otherwise it grows with every new key.
+    ///
+    /// # Errors
+    /// A column the frame does not have.
+    pub fn drop_duplicates(self, columns: &[&str]) -> Result<Self> {
+        let on = columns
+            .iter()
+            .map(|c| {
+                let field = self.df.schema().qualified_field_with_unqualified_name(c)?;
+                Ok(Expr::Column(field.into()))
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let all = self
+            .df
+            .schema()
+            .columns()
+            .into_iter()
+            .map(Expr::Column)
+            .collect();
+        self.map(|df| df.distinct_on(on, all, None))
+    }
+
     /// Rows of both frames (`UNION ALL`).
     pub fn union(self, other: StreamingDataFrame) -> Result<Self> {
         self.map(|df| df.union(other.df))

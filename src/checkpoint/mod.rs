@@ -463,29 +463,39 @@ pub(crate) fn check_compatible(stored: &Metadata, current: &Metadata, file: &str
         let has = |m: &Metadata| if m.state.is_empty() { "no state" } else { "state" }.to_string();
         return changed("the query's kind", has(stored), has(current));
     }
+    let names = |m: &Metadata| m.state.iter().map(|(what, _)| fact_name(what)).collect::<Vec<_>>();
+    if names(stored) != names(current) {
+        // Other operators, or operators of another kind: name them all.
+        let operators = |m: &Metadata| {
+            let described: Vec<String> = m
+                .state
+                .iter()
+                .filter(|(what, _)| what.ends_with("the stateful operator"))
+                .map(|(_, facts)| facts.join(", "))
+                .collect();
+            format!("[{}]", described.join("; "))
+        };
+        return changed("the stateful operators", operators(stored), operators(current));
+    }
     for ((what, before), (_, now)) in stored.state.iter().zip(&current.state) {
         if before != now {
             return changed(
-                what,
+                &fact_name(what),
                 format!("[{}]", before.join(", ")),
                 format!("[{}]", now.join(", ")),
             );
         }
     }
-    if stored.state.len() != current.state.len() {
-        let facts = |m: &Metadata| {
-            format!(
-                "[{}]",
-                m.state
-                    .iter()
-                    .map(|(what, _)| what.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        };
-        return changed("the state's kind", facts(stored), facts(current));
-    }
     Ok(())
+}
+
+/// A fact's name as this version writes it: `stateful operator <id>: <what>`. Checkpoints of
+/// versions with one operator at most wrote `<what>` for operator 0.
+fn fact_name(what: &str) -> String {
+    match what.starts_with("stateful operator ") {
+        true => what.to_string(),
+        false => format!("stateful operator 0: {what}"),
+    }
 }
 
 #[cfg(test)]

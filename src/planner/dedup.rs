@@ -64,13 +64,13 @@ impl OperatorPlan for DedupPlan {
             .collect();
         let event_time = match self.event_time {
             Some(i) => format!(", event time: {} (with watermark)", keys[i]),
-            None => ", state grows with every new key (no watermarked key)".to_string(),
+            None => ", no watermarked key (state grows with every new key)".to_string(),
         };
-        format!(
-            "Deduplicate: keys [{}], columns [{}]{event_time}",
-            keys.join(", "),
-            self.output_names.join(", ")
-        )
+        let columns = match self.keys == (0..self.width).collect::<Vec<_>>() {
+            true => String::new(),
+            false => format!(", columns [{}]", self.output_names.join(", ")),
+        };
+        format!("Deduplicate: keys [{}]{columns}{event_time}", keys.join(", "))
     }
 
     fn progress_name(&self) -> &'static str {

@@ -148,7 +148,7 @@ async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_cha
                 "CREATE TABLE t1 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{location}');
                  INSERT INTO t1 SELECT x, count(*) AS n, sum(x) AS total FROM words GROUP BY x"
             ),
-            "the group keys changed from [word Utf8] to [x Int32]",
+            "stateful operator 0: the group keys changed from [word Utf8] to [x Int32]",
         ),
         (
             format!(
@@ -171,6 +171,15 @@ async fn a_changed_query_that_no_longer_fits_its_state_is_refused_naming_the_cha
                  INSERT INTO t4 SELECT upper(word) FROM words"
             ),
             "changed from state to no state",
+        ),
+        // A deduplication before the aggregation: another chain of operators.
+        (
+            format!(
+                "CREATE TABLE t6 WITH (connector = 'memory', output_mode = 'complete', checkpoint_location = '{location}');
+                 INSERT INTO t6 SELECT word, count(*) AS n, sum(x) AS total FROM (SELECT DISTINCT word, x FROM words) GROUP BY word"
+            ),
+            "the stateful operators changed from [StatefulAggregate: keys [word], aggregates [count(Int64(1)), \
+             sum(words.x)]] to [Deduplicate: keys [word, x], no watermarked key",
         ),
     ] {
         let error = session.run_script(&sql).await.expect_err(&sql).to_string();

@@ -117,3 +117,55 @@ async fn windowed_counts_with_a_watermark_from_the_dataframe_api() {
         ["open|2026-01-01T10:00:00|2"]
     );
 }
+
+/// Runs `drop_duplicates(["user"])` over the JSON files of `input` once, with `checkpoint`, and
+/// returns the rows this run emitted.
+async fn first_visits_once(input: &std::path::Path, checkpoint: &std::path::Path) -> Vec<String> {
+    let session = StreamingSession::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Int64, true),
+        Field::new("page", DataType::Utf8, true),
+    ]));
+    let visits = session
+        .read_stream()
+        .format("json")
+        .schema(schema)
+        .load(&input.display().to_string())
+        .await
+        .unwrap();
+    assert!(visits.clone().drop_duplicates(&["nope"]).is_err());
+    let query = visits
+        .drop_duplicates(&["user"])
+        .unwrap()
+        .write_stream()
+        .format("memory")
+        .query_name("first_visits")
+        .option("checkpoint_location", checkpoint.display())
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    assert!(query.await_termination(None).await.unwrap());
+    query_rows(&session, "SELECT * FROM first_visits ORDER BY user").await
+}
+
+#[tokio::test]
+async fn drop_duplicates_keeps_the_first_row_of_each_key_across_batches_and_restarts() {
+    let (input, checkpoint) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    drop_file(
+        input.path(),
+        "1.json",
+        b"{\"user\": 1, \"page\": \"home\"}\n{\"user\": 2, \"page\": \"home\"}\n{\"user\": 1, \"page\": \"cart\"}\n",
+    );
+    assert_eq!(
+        first_visits_once(input.path(), checkpoint.path()).await,
+        ["1|home", "2|home"]
+    );
+    // After a restart from the checkpoint, users seen before do not come out again.
+    drop_file(
+        input.path(),
+        "2.json",
+        b"{\"user\": 2, \"page\": \"pay\"}\n{\"user\": 3, \"page\": \"cart\"}\n{\"user\": 1, \"page\": \"home\"}\n",
+    );
+    assert_eq!(first_visits_once(input.path(), checkpoint.path()).await, ["3|cart"]);
+}
