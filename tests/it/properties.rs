@@ -87,12 +87,19 @@ const RUNNING: &str = "SELECT k, count(*) AS n, sum(v) AS total, min(v) AS low, 
                        count(DISTINCT v) AS distinct_values FROM {} GROUP BY k";
 const WINDOWED: &str = "SELECT k, window(time, '1 hour') AS w, count(*) AS n, sum(v) AS total FROM {} \
                         GROUP BY k, window(time, '1 hour')";
+const DISTINCT: &str = "SELECT DISTINCT k, v FROM {}";
+/// A chain: a deduplication, then an aggregation.
+const DISTINCT_COUNTS: &str = "SELECT k, count(*) AS n, sum(v) AS total FROM (SELECT DISTINCT k, v FROM {}) GROUP BY k";
+/// A chain under a watermark: a deduplication on a key with event time, then a window count.
+const DEDUP_WINDOWED: &str = "SELECT k, window(time, '1 hour') AS w, count(*) AS n FROM \
+                              (SELECT DISTINCT k, time FROM {}) GROUP BY k, window(time, '1 hour')";
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Complete and update mode of a running aggregate, and sliding and session windows in
-    /// complete mode, end with the batch query's table.
+    /// Complete and update mode of a running aggregate, sliding and session windows in complete
+    /// mode, a deduplication and a deduplication followed by an aggregation end with the batch
+    /// query's table; the deduplication emits each distinct row exactly once.
     #[test]
     fn running_aggregates_equal_the_batch_result((rows, cuts) in rows_and_cuts()) {
         let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -109,7 +116,16 @@ proptest! {
             session.run_script("CREATE TABLE sessions_out WITH (connector = 'memory', output_mode = 'complete')").await.unwrap();
             let sessions = start(&session, &format!("INSERT INTO sessions_out {}", SESSIONS.replace("{}", "events"))).await;
             let update = start(&session, &format!("INSERT INTO update_out {}", RUNNING.replace("{}", "events"))).await;
-            let queries = [complete.clone(), update.clone(), sliding.clone(), sessions.clone()];
+            session.run_script(
+                "CREATE TABLE distinct_out WITH (connector = 'memory', output_mode = 'append', state_partitions = '3');
+                 CREATE TABLE distinct_counts_out WITH (connector = 'memory', output_mode = 'complete');",
+            ).await.unwrap();
+            let distinct = start(&session, &format!("INSERT INTO distinct_out {}", DISTINCT.replace("{}", "events"))).await;
+            let distinct_counts =
+                start(&session, &format!("INSERT INTO distinct_counts_out {}", DISTINCT_COUNTS.replace("{}", "events"))).await;
+            let queries = [
+                complete.clone(), update.clone(), sliding.clone(), sessions.clone(), distinct.clone(), distinct_counts.clone(),
+            ];
             run_batches(&session, &queries, &cut(&rows, &cuts)).await;
 
             session.context().register_batch("all_rows", batch(&rows)).unwrap();
@@ -130,6 +146,17 @@ proptest! {
                 upserted.insert(key, row);
             }
             assert_eq!(sorted(upserted.into_values().collect()), expected);
+            // Every distinct row once: no duplicates among the rows emitted across batches.
+            assert_eq!(
+                sorted(query_rows(&session, "SELECT * FROM distinct_out").await),
+                sorted(query_rows(&session, &DISTINCT.replace("{}", "all_rows")).await)
+            );
+            assert_eq!(
+                sorted(query_rows(&session, "SELECT * FROM distinct_counts_out").await),
+                sorted(query_rows(&session, &DISTINCT_COUNTS.replace("{}", "all_rows")).await)
+            );
+            distinct.stop().await.unwrap();
+            distinct_counts.stop().await.unwrap();
             complete.stop().await.unwrap();
             sliding.stop().await.unwrap();
             sessions.stop().await.unwrap();
@@ -146,21 +173,26 @@ proptest! {
             session.run_script(&format!(
                 "CREATE TABLE events (k INT, time TIMESTAMP, v INT,
                    WATERMARK FOR time AS time - INTERVAL '{DELAY_MINUTES}' MINUTE) WITH (connector = 'memory');
-                 CREATE TABLE out WITH (connector = 'memory', output_mode = 'append');"
+                 CREATE TABLE out WITH (connector = 'memory', output_mode = 'append');
+                 CREATE TABLE chained_out WITH (connector = 'memory', output_mode = 'append', state_partitions = '2');"
             )).await.unwrap();
             let query = start(&session, &format!("INSERT INTO out {}", WINDOWED.replace("{}", "events"))).await;
+            let chained = start(&session, &format!("INSERT INTO chained_out {}", DEDUP_WINDOWED.replace("{}", "events"))).await;
             let batches = cut(&rows, &cuts);
-            run_batches(&session, std::slice::from_ref(&query), &batches).await;
+            run_batches(&session, &[query.clone(), chained.clone()], &batches).await;
 
             // The watermark, simulated: a row is late when its window ended at or before the
             // watermark left by the batches before it.
+            // The deduplication's rule: a row is late when its own time is at or before it.
             let mut watermark: Option<i64> = None;
             let mut in_time = Vec::new();
+            let mut dedup_in_time = Vec::new();
             let mut dropped = 0;
             for rows in &batches {
                 for row in rows {
                     let end = (row.1 * MINUTE).div_euclid(HOUR) * HOUR + HOUR;
                     if watermark.is_some_and(|w| end <= w) { dropped += 1 } else { in_time.push(*row) }
+                    if !watermark.is_some_and(|w| row.1 * MINUTE <= w) { dedup_in_time.push(*row) }
                 }
                 if let Some(max) = rows.iter().map(|r| r.1 * MINUTE).max() {
                     let next = max - DELAY_MINUTES * MINUTE;
@@ -179,6 +211,13 @@ proptest! {
                 .flat_map(|p| p.state_operators.iter().map(|o| o.num_rows_dropped_by_watermark))
                 .sum();
             assert_eq!(reported, dropped);
+            session.context().register_batch("dedup_in_time", batch(&dedup_in_time)).unwrap();
+            let expected = query_rows(&session, &format!(
+                "SELECT * FROM ({}) WHERE w['end'] <= to_timestamp_nanos({final_watermark})",
+                DEDUP_WINDOWED.replace("{}", "dedup_in_time")
+            )).await;
+            assert_eq!(sorted(query_rows(&session, "SELECT * FROM chained_out").await), sorted(expected));
+            chained.stop().await.unwrap();
             query.stop().await.unwrap();
         });
     }
@@ -223,10 +262,12 @@ proptest! {
 }
 
 /// The queries of the restart property: sink name, output mode, query.
-const RESTARTED: [(&str, &str, &str); 3] = [
+const RESTARTED: [(&str, &str, &str); 5] = [
     ("sessions_complete", "complete", SESSIONS),
     ("sessions_append", "append", SESSIONS),
     ("running_update", "update", RUNNING),
+    ("distinct_append", "append", DISTINCT),
+    ("dedup_windowed_append", "append", DEDUP_WINDOWED),
 ];
 
 /// Starts the queries of [`RESTARTED`] with their sinks named `<prefix><name>`; checkpointed in
@@ -261,8 +302,9 @@ proptest! {
 
     /// Stopping queries and restarting them from their checkpoints between batches changes
     /// nothing they emit: session windows (complete, and append under a watermark, where sessions
-    /// merge and close) and a running aggregate in update mode, each over two state shards, with
-    /// state snapshots as often as the store makes them.
+    /// merge and close), a running aggregate in update mode, a deduplication and a chain of a
+    /// deduplication and a window count, each over two state shards, with state snapshots as
+    /// often as the store makes them.
     #[test]
     fn restarting_from_the_checkpoint_changes_no_output(
         (rows, cuts) in rows_and_cuts(),
@@ -309,7 +351,7 @@ proptest! {
                 sorted(query_rows(&session, "SELECT * FROM uninterrupted_sessions_complete").await)
             );
             // Append and update mode: the runs together emitted exactly the uninterrupted rows.
-            for (name, out) in ["sessions_append", "running_update"].into_iter().zip(&emitted[1..]) {
+            for ((name, _, _), out) in RESTARTED[1..].iter().zip(&emitted[1..]) {
                 let expected = query_rows(&session, &format!("SELECT * FROM uninterrupted_{name}")).await;
                 assert_eq!(sorted(out.clone()), sorted(expected), "{name}");
             }
