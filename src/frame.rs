@@ -260,13 +260,7 @@ impl StreamingDataFrame {
                 Ok(Expr::Column(field.into()))
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let all = self
-            .df
-            .schema()
-            .columns()
-            .into_iter()
-            .map(Expr::Column)
-            .collect();
+        let all = self.df.schema().columns().into_iter().map(Expr::Column).collect();
         self.map(|df| df.distinct_on(on, all, None))
     }
 

@@ -530,7 +530,10 @@ impl ScalarUDFImpl for WindowTime {
         match &arg_types[0] {
             DataType::Struct(fields) => match fields.find("end") {
                 Some((_, end)) if matches!(end.data_type(), DataType::Timestamp(_, _)) => Ok(end.data_type().clone()),
-                _ => plan_err!("window_time() takes a window (a struct with a timestamp 'end'), not {}", arg_types[0]),
+                _ => plan_err!(
+                    "window_time() takes a window (a struct with a timestamp 'end'), not {}",
+                    arg_types[0]
+                ),
             },
             other => plan_err!("window_time() takes a window made by window() or session_window(), not {other}"),
         }

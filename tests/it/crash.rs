@@ -118,7 +118,8 @@ impl Database {
 }
 
 /// The job: windowed counts with a watermark, append mode, into the files sink; running totals
-/// per client, update mode, into `database`.
+/// per client of the first event of each client and second, update mode, into `database` (a
+/// chain: a deduplication bounded by the watermark, then an aggregation).
 fn job(root: &Path, paths: &Paths, database: &Database, trigger: &str) -> PathBuf {
     let sql = format!(
         "CREATE TABLE events (time TIMESTAMP, action VARCHAR, client VARCHAR, amount INT,
@@ -131,7 +132,8 @@ fn job(root: &Path, paths: &Paths, database: &Database, trigger: &str) -> PathBu
            FROM events GROUP BY action, window(time, '10 minutes');
          CREATE TABLE totals WITH (connector = 'database', url = '{url}', table = '{table}',
            output_mode = 'update', checkpoint_location = '{totals_checkpoint}'{trigger});
-         INSERT INTO totals SELECT client, count(*) AS n, sum(amount) AS total FROM events GROUP BY client;",
+         INSERT INTO totals SELECT client, count(*) AS n, sum(amount) AS total
+           FROM (SELECT DISTINCT ON (client, time) client, time, amount FROM events) GROUP BY client;",
         input = paths.input.display(),
         output = paths.output.display(),
         checkpoint = paths.checkpoint.display(),
@@ -320,6 +322,14 @@ async fn crash_and_compare(database: impl FnOnce(&Path) -> Database) {
 
     let expected = database.take_totals(&uninterrupted.table).await;
     assert_eq!(expected.len(), 50, "one row per client");
+    let counted: usize = expected
+        .iter()
+        .map(|r| r.split('|').nth(1).unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert!(
+        counted < FILES * ROWS_PER_FILE,
+        "the deduplication removed the repeated (client, second) events: {counted} counted"
+    );
     assert_eq!(
         database.take_totals(&crashing.table).await,
         expected,

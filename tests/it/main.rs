@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod aggregation;
+mod chains;
 mod checkpoint;
 mod cli;
 mod common;

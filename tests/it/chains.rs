@@ -1,0 +1,65 @@
+//! Chains of stateful operators: each operator keeps its own state, bounded by the watermark,
+//! and reports its own progress entry.
+
+use crate::common::{push_json, query_rows, start};
+use tidewater::StreamingSession;
+
+#[tokio::test]
+async fn a_deduplication_then_a_window_count_keep_their_states_bounded_and_report_each_operator() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE events (phone_id INT, time TIMESTAMP, action VARCHAR,
+           WATERMARK FOR time AS time - INTERVAL '10' MINUTE) WITH (connector = 'memory');
+         CREATE TABLE hourly WITH (connector = 'memory', output_mode = 'append');
+         INSERT INTO hourly SELECT action, CAST(w.start AS VARCHAR) AS hour, n FROM (
+           SELECT action, window(time, '1 hour') AS w, count(*) AS n
+           FROM (SELECT DISTINCT ON (phone_id, time) phone_id, time, action FROM events)
+           GROUP BY action, window(time, '1 hour'))",
+    )
+    .await;
+    for hour in 0..30 {
+        // Every event arrives twice, the second time in the next batch.
+        let rows: Vec<String> = (0..20)
+            .map(|i| {
+                format!(
+                    r#"{{"phone_id": {i}, "time": "2026-01-{:02}T{:02}:{:02}:00", "action": "a{}"}}"#,
+                    1 + hour / 24,
+                    hour % 24,
+                    i * 2,
+                    i % 5
+                )
+            })
+            .collect();
+        for _ in 0..2 {
+            push_json(&session, "events", &rows.iter().map(String::as_str).collect::<Vec<_>>());
+            query.process_all_available().await.unwrap();
+        }
+    }
+    let progress = query.recent_progress();
+    let names: Vec<&str> = progress[0]
+        .state_operators
+        .iter()
+        .map(|o| o.operator_name.as_str())
+        .collect();
+    assert_eq!(names, ["dedupe", "stateStoreSave"]);
+    // The keys of at most an hour and ten minutes of events, and five actions in at most two
+    // open windows, whatever the stream's length.
+    for p in &progress {
+        let held: Vec<u64> = p.state_operators.iter().map(|o| o.num_rows_total).collect();
+        assert!(held[0] <= 40 && held[1] <= 10, "batch {}: {held:?}", p.batch_id);
+    }
+    let removed: u64 = progress.iter().map(|p| p.state_operators[0].num_rows_removed).sum();
+    assert!(removed >= 20 * 28, "{removed}");
+    // The repeats are not counted: four events per action and hour.
+    let rows = query_rows(&session, "SELECT * FROM hourly WHERE hour = '2026-01-01T05:00:00'").await;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().all(|r| r.ends_with("|4")), "{rows:?}");
+    // EXPLAIN of the running query shows each operator's state.
+    let plan = query.explain();
+    assert!(
+        plan.contains("\ndedupe: ") && plan.contains("\nstateStoreSave: "),
+        "{plan}"
+    );
+    query.stop().await.unwrap();
+}
