@@ -5,8 +5,10 @@
 //! batch plan, hands the result to the sink, and only then moves its offsets on. The
 //! [`StreamingQuery`] handle watches that task: status, progress, stop, and waiting for the end.
 
+mod cursor;
 pub(crate) mod driver;
 pub(crate) mod progress;
+mod report;
 pub(crate) mod stages;
 
 use std::collections::VecDeque;

@@ -192,7 +192,7 @@ proptest! {
                 for row in rows {
                     let end = (row.1 * MINUTE).div_euclid(HOUR) * HOUR + HOUR;
                     if watermark.is_some_and(|w| end <= w) { dropped += 1 } else { in_time.push(*row) }
-                    if !watermark.is_some_and(|w| row.1 * MINUTE <= w) { dedup_in_time.push(*row) }
+                    if watermark.is_none_or(|w| row.1 * MINUTE > w) { dedup_in_time.push(*row) }
                 }
                 if let Some(max) = rows.iter().map(|r| r.1 * MINUTE).max() {
                     let next = max - DELAY_MINUTES * MINUTE;
