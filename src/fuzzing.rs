@@ -83,8 +83,8 @@ pub fn read_checkpoint_file(kind: CheckpointFile, bytes: &[u8]) -> Result<Bytes>
 /// # Errors
 /// A damaged or truncated file, named, as a restart reports it.
 pub fn restore_state_file(bytes: &[u8], shards: usize) -> Result<Vec<RecordBatch>> {
-    crate::state::store::decode(Bytes::copy_from_slice(bytes), FILE, shards)?
+    crate::state::file::decode(Bytes::copy_from_slice(bytes), FILE, shards)?
         .into_iter()
-        .map(|part| crate::state::store::fold(&[part]).map(|state| state.rows))
+        .map(|part| crate::state::file::fold(&[part]).map(|state| state.rows))
         .collect()
 }

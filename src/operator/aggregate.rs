@@ -23,8 +23,9 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema, output_batch};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::file::{Buckets, file_schema, state_rows};
 use crate::state::groups::{Aggregates, Merged, TableView};
-use crate::state::store::{Buckets, SnapshotJob, file_schema, state_rows};
+use crate::state::store::SnapshotJob;
 use crate::state::{GroupTable, StateFile};
 use crate::time::to_nanos;
 

@@ -19,8 +19,9 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
+use crate::state::file::{Buckets, file_schema, state_rows};
 use crate::state::groups::TableView;
-use crate::state::store::{Buckets, SnapshotJob, file_schema, state_rows};
+use crate::state::store::SnapshotJob;
 use crate::state::{GroupTable, StateFile};
 use crate::time::to_nanos;
 

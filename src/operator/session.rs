@@ -33,8 +33,9 @@ use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema, outp
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::StateFile;
+use crate::state::file::{Buckets, bucket_rows, file_schema};
 use crate::state::groups::{Aggregates, gather, take_rows};
-use crate::state::store::{Buckets, SnapshotJob, bucket_rows, file_schema};
+use crate::state::store::SnapshotJob;
 use crate::time::to_nanos;
 
 /// One session of one key: its span in nanoseconds, its id and where its state row is.

@@ -9,8 +9,10 @@
 /// shards each holds too few groups to pay for itself.
 pub(crate) const MAX_STATE_PARTITIONS: usize = 4096;
 
+pub(crate) mod file;
 pub(crate) mod groups;
 pub(crate) mod store;
 
+pub(crate) use file::StateFile;
 pub(crate) use groups::GroupTable;
-pub(crate) use store::{StateFile, StateStore};
+pub(crate) use store::StateStore;
