@@ -103,11 +103,12 @@ impl StatefulOperator for StatefulAggregate {
     /// emitted in append mode and evicted (kept in complete mode, which re-emits everything).
     fn process(
         &mut self,
-        partial: &[RecordBatch],
+        inputs: &[Vec<RecordBatch>],
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
     ) -> Result<Emitted> {
+        let partial = super::only_input(inputs)?;
         let mut metrics = OperatorMetrics::default();
         let key_count = self.key_schema.fields().len();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();

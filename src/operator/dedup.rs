@@ -92,11 +92,12 @@ impl Deduplicate {
 impl StatefulOperator for Deduplicate {
     fn process(
         &mut self,
-        input: &[RecordBatch],
+        inputs: &[Vec<RecordBatch>],
         _mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
     ) -> Result<Emitted> {
+        let input = super::only_input(inputs)?;
         let mut metrics = OperatorMetrics::default();
         let mut out = Vec::new();
         for batch in input.iter().filter(|b| b.num_rows() > 0) {

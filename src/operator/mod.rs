@@ -24,15 +24,15 @@ use crate::state::store::SnapshotJob;
 
 /// A stateful operator: merges a batch's input into its state and says what to emit.
 pub(crate) trait StatefulOperator: Send + std::fmt::Debug {
-    /// Takes one batch's input (rows of its input segment: partial aggregates for an
-    /// aggregation) and returns the rows to emit in `mode`.
+    /// Takes one batch's input, the rows of each input segment (partial aggregates for an
+    /// aggregation; a join's two sides), and returns the rows to emit in `mode`.
     ///
     /// `late_watermark` (nanoseconds) is the watermark the batch started with: input whose
     /// window ended at or before it is late, dropped and counted. `close_watermark` is the one
     /// after the batch: windows ending at or before it are final.
     fn process(
         &mut self,
-        input: &[RecordBatch],
+        inputs: &[Vec<RecordBatch>],
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
@@ -117,6 +117,14 @@ pub(crate) fn output_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usi
         &RecordBatchOptions::new().with_row_count(Some(rows)),
     )
     .map_err(|e| Error::Internal(format!("operator output: {e}")))
+}
+
+/// The rows of the only input of a one-input operator.
+pub(crate) fn only_input(inputs: &[Vec<RecordBatch>]) -> Result<&[RecordBatch]> {
+    match inputs {
+        [input] => Ok(input),
+        _ => Err(Error::Internal(format!("{} inputs for an operator of one", inputs.len()))),
+    }
 }
 
 /// Refuses state files whose columns are not the operator's: a checkpoint of another query.

@@ -316,11 +316,12 @@ impl Piece {
 impl StatefulOperator for SessionAggregate {
     fn process(
         &mut self,
-        partial: &[RecordBatch],
+        inputs: &[Vec<RecordBatch>],
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
     ) -> Result<Emitted> {
+        let partial = super::only_input(inputs)?;
         let mut metrics = OperatorMetrics::default();
         let partial: Vec<&RecordBatch> = partial.iter().filter(|b| b.num_rows() > 0).collect();
         // Complete mode keeps every session, so no row is too late for it (as in Spark).

@@ -27,19 +27,24 @@ type ShardResult = Result<Emitted>;
 #[derive(Debug)]
 pub(crate) struct Sharded {
     shards: Vec<Box<dyn StatefulOperator>>,
-    /// The input columns whose values pick the shard (the group key, less any session window).
-    key_columns: Vec<usize>,
+    /// Per input, the columns whose values pick the shard (the group key, less any session
+    /// window; a join's keys on each side).
+    key_columns: Vec<Vec<usize>>,
 }
 
 impl Sharded {
-    pub(crate) fn new(shards: Vec<Box<dyn StatefulOperator>>, key_columns: Vec<usize>) -> Self {
+    pub(crate) fn new(shards: Vec<Box<dyn StatefulOperator>>, key_columns: Vec<Vec<usize>>) -> Self {
         Sharded { shards, key_columns }
     }
 
-    /// The rows of `batch` for each shard.
-    fn split(&self, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
+    /// The rows of `batch` of input `input` for each shard.
+    fn split(&self, input: usize, batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         let n = self.shards.len();
-        let columns: Vec<_> = self.key_columns.iter().map(|i| batch.column(*i).clone()).collect();
+        let keys = self
+            .key_columns
+            .get(input)
+            .ok_or_else(|| Error::Internal(format!("no key columns for input {input}")))?;
+        let columns: Vec<_> = keys.iter().map(|i| batch.column(*i).clone()).collect();
         let mut hashes = vec![0u64; batch.num_rows()];
         create_hashes(&columns, &RandomState::with_seed(0), &mut hashes)?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -58,23 +63,26 @@ impl Sharded {
     /// Processes one batch's input in every shard; see [`StatefulOperator::process`].
     pub(crate) fn process(
         &mut self,
-        input: &[RecordBatch],
+        inputs: &[Vec<RecordBatch>],
         mode: OutputMode,
         late_watermark: Option<i64>,
         close_watermark: Option<i64>,
     ) -> Result<Emitted> {
         if self.shards.len() == 1 {
-            return self.shards[0].process(input, mode, late_watermark, close_watermark);
+            return self.shards[0].process(inputs, mode, late_watermark, close_watermark);
         }
-        let mut per_shard: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.shards.len()];
-        for batch in input.iter().filter(|b| b.num_rows() > 0) {
-            for (shard, rows) in self.split(batch)?.into_iter().enumerate() {
-                per_shard[shard].push(rows);
+        // Per shard, per input, its rows.
+        let mut per_shard: Vec<Vec<Vec<RecordBatch>>> = vec![vec![Vec::new(); inputs.len()]; self.shards.len()];
+        for (index, input) in inputs.iter().enumerate() {
+            for batch in input.iter().filter(|b| b.num_rows() > 0) {
+                for (shard, rows) in self.split(index, batch)?.into_iter().enumerate() {
+                    per_shard[shard][index].push(rows);
+                }
             }
         }
         // At most one thread per core, each with an equal share of the shards; small batches stay
         // on this thread, where they cost less than starting threads would.
-        let rows: usize = per_shard.iter().flatten().map(|b| b.num_rows()).sum();
+        let rows: usize = per_shard.iter().flatten().flatten().map(|b| b.num_rows()).sum();
         let threads = match rows < PARALLEL_MIN_ROWS {
             true => 1,
             false => std::thread::available_parallelism()

@@ -44,7 +44,10 @@ pub(crate) struct AggregatePlan {
 
 impl OperatorPlan for AggregatePlan {
     /// A fresh operator; `partial` is its input segment (a partial `AggregateExec`).
-    fn new_operator(&self, partial: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded> {
+    fn new_operator(&self, inputs: &[Arc<dyn ExecutionPlan>], shards: usize) -> Result<Sharded> {
+        let [partial] = inputs else {
+            return Err(Error::Internal(format!("{} inputs for an aggregation", inputs.len())));
+        };
         let exec = partial
             .downcast_ref::<AggregateExec>()
             .ok_or_else(|| Error::Internal("the batch plan of an aggregation is not an AggregateExec".into()))?;
@@ -86,7 +89,7 @@ impl OperatorPlan for AggregatePlan {
             .collect::<Result<Vec<_>>>()?;
         // Sessions of one key must meet in one shard: the session column does not pick it.
         let key_columns = (0..self.key_count).filter(|i| Some(*i) != self.session).collect();
-        Ok(Sharded::new(operators, key_columns))
+        Ok(Sharded::new(operators, vec![key_columns]))
     }
 
     fn describe(&self) -> String {
@@ -124,7 +127,10 @@ impl OperatorPlan for AggregatePlan {
     }
 
     /// The shape of the state, given the partial aggregation's schema.
-    fn shape(&self, partial: &SchemaRef) -> Vec<(String, Vec<String>)> {
+    fn shape(&self, inputs: &[SchemaRef]) -> Vec<(String, Vec<String>)> {
+        let Some(partial) = inputs.first() else {
+            return Vec::new();
+        };
         let describe = |fields: &[datafusion::arrow::datatypes::FieldRef]| {
             fields
                 .iter()
@@ -203,7 +209,7 @@ impl OperatorPlan for AggregatePlan {
 
 /// The aggregation `aggregate` (over a stream) as an operator: its input segment's logical plan
 /// (the aggregation with its hidden row count) and its plan.
-pub(crate) fn cut(aggregate: &Aggregate) -> Result<(LogicalPlan, Box<dyn OperatorPlan>)> {
+pub(crate) fn cut(aggregate: &Aggregate) -> Result<(Vec<LogicalPlan>, Box<dyn OperatorPlan>)> {
     let (event_time, session, processing_time) = event_time_key(aggregate);
     let mut aggr_expr = aggregate.aggr_expr.clone();
     // Counting a literal no query would count keeps DataFusion from merging this aggregate with
@@ -225,7 +231,7 @@ pub(crate) fn cut(aggregate: &Aggregate) -> Result<(LogicalPlan, Box<dyn Operato
         processing_time,
         grouping_sets: aggregate.group_expr.iter().any(|e| matches!(e, Expr::GroupingSet(_))),
     };
-    Ok((input, Box::new(plan)))
+    Ok((vec![input], Box::new(plan)))
 }
 
 /// Which grouping key carries event time: a `window(col, ...)`, a `session_window(col, ...)` or

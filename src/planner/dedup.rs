@@ -38,7 +38,10 @@ pub(crate) struct DedupPlan {
 }
 
 impl OperatorPlan for DedupPlan {
-    fn new_operator(&self, input: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded> {
+    fn new_operator(&self, inputs: &[Arc<dyn ExecutionPlan>], shards: usize) -> Result<Sharded> {
+        let [input] = inputs else {
+            return Err(Error::Internal(format!("{} inputs for a deduplication", inputs.len())));
+        };
         let schema = input.schema();
         let operators = (0..shards.max(1))
             .map(|_| -> Result<Box<dyn StatefulOperator>> {
@@ -50,7 +53,7 @@ impl OperatorPlan for DedupPlan {
                 )?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Sharded::new(operators, self.keys.clone()))
+        Ok(Sharded::new(operators, vec![self.keys.clone()]))
     }
 
     fn describe(&self) -> String {
@@ -77,7 +80,10 @@ impl OperatorPlan for DedupPlan {
         "dedupe"
     }
 
-    fn shape(&self, input: &SchemaRef) -> Vec<(String, Vec<String>)> {
+    fn shape(&self, inputs: &[SchemaRef]) -> Vec<(String, Vec<String>)> {
+        let Some(input) = inputs.first() else {
+            return Vec::new();
+        };
         let keys = self
             .keys
             .iter()
@@ -118,7 +124,7 @@ impl OperatorPlan for DedupPlan {
 
 /// The deduplication `distinct` (over a stream) as an operator: its input segment's logical plan
 /// and its plan.
-pub(crate) fn cut(distinct: &Distinct) -> Result<(LogicalPlan, Box<dyn OperatorPlan>)> {
+pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn OperatorPlan>)> {
     let watermarked = watermarked_columns(distinct.input());
     let (input, keys, width) = match distinct {
         Distinct::All(input) => {
@@ -174,5 +180,5 @@ pub(crate) fn cut(distinct: &Distinct) -> Result<(LogicalPlan, Box<dyn OperatorP
         output_names,
         watermarked,
     };
-    Ok((input, Box::new(plan)))
+    Ok((vec![input], Box::new(plan)))
 }

@@ -56,8 +56,8 @@ pub(crate) struct IncrementalPlan {
 
 /// What the planner knows of one kind of stateful operator.
 pub(crate) trait OperatorPlan: std::fmt::Debug + Send + Sync {
-    /// A fresh operator with `shards` shards; `input` is the plan of its input segment.
-    fn new_operator(&self, input: &Arc<dyn ExecutionPlan>, shards: usize) -> Result<Sharded>;
+    /// A fresh operator with `shards` shards; `inputs` are the plans of its input segments.
+    fn new_operator(&self, inputs: &[Arc<dyn ExecutionPlan>], shards: usize) -> Result<Sharded>;
 
     /// One line on the operator: its kind, keys, values and event time.
     fn describe(&self) -> String;
@@ -66,10 +66,10 @@ pub(crate) trait OperatorPlan: std::fmt::Debug + Send + Sync {
     fn progress_name(&self) -> &'static str;
 
     /// The shape of its state, as named facts a checkpoint records and compares on restart;
-    /// `input` is the schema of its input segment.
-    fn shape(&self, input: &SchemaRef) -> Vec<(String, Vec<String>)>;
+    /// `inputs` are the schemas of its input segments.
+    fn shape(&self, inputs: &[SchemaRef]) -> Vec<(String, Vec<String>)>;
 
-    /// Whether its input segment ends in DataFusion's partial aggregation.
+    /// Whether its input segments end in DataFusion's partial aggregation.
     fn partial_input(&self) -> bool;
 
     /// Whether watermarks close what it holds (it has an event-time key).
@@ -96,11 +96,11 @@ pub(crate) trait OperatorPlan: std::fmt::Debug + Send + Sync {
     fn watermarked(&self) -> Vec<usize>;
 }
 
-/// One stateful operator of a query, with the plan of its input.
+/// One stateful operator of a query, with the plans of its inputs (two for a join).
 #[derive(Debug)]
 pub(crate) struct Stage {
     pub(crate) id: usize,
-    pub(crate) input: Segment,
+    pub(crate) inputs: Vec<Segment>,
     pub(crate) plan: Box<dyn OperatorPlan>,
     /// The mode it emits in: the query's for the last operator, append for the others.
     pub(crate) mode: OutputMode,
@@ -109,7 +109,8 @@ pub(crate) struct Stage {
 impl Stage {
     /// A fresh operator for this stage.
     pub(crate) fn new_operator(&self, shards: usize) -> Result<Sharded> {
-        self.plan.new_operator(&self.input.physical, shards)
+        let inputs: Vec<_> = self.inputs.iter().map(|i| Arc::clone(&i.physical)).collect();
+        self.plan.new_operator(&inputs, shards)
     }
 }
 
@@ -144,11 +145,15 @@ impl IncrementalPlan {
         let count = cut.len();
         let mut operators = Vec::with_capacity(count);
         let mut scans = Vec::new();
-        for (id, (input, plan)) in cut.into_iter().enumerate() {
-            let input = Segment::new(state, input, plan.partial_input(), scans.len()).await?;
-            scans.extend(scan_specs(&input));
+        for (id, (logical, plan)) in cut.into_iter().enumerate() {
+            let mut inputs = Vec::with_capacity(logical.len());
+            for input in logical {
+                let input = Segment::new(state, input, plan.partial_input(), scans.len()).await?;
+                scans.extend(scan_specs(&input));
+                inputs.push(input);
+            }
             let mode = if id + 1 == count { mode } else { OutputMode::Append };
-            operators.push(Stage { id, input, plan, mode });
+            operators.push(Stage { id, inputs, plan, mode });
         }
         let output = Segment::new(state, output, false, scans.len()).await?;
         scans.extend(scan_specs(&output));
@@ -222,9 +227,10 @@ impl IncrementalPlan {
         self.operators
             .iter()
             .flat_map(|stage| {
+                let inputs: Vec<SchemaRef> = stage.inputs.iter().map(|i| i.physical.schema()).collect();
                 stage
                     .plan
-                    .shape(&stage.input.physical.schema())
+                    .shape(&inputs)
                     .into_iter()
                     .map(move |(what, facts)| (format!("stateful operator {}: {what}", stage.id), facts))
             })
@@ -235,13 +241,21 @@ impl IncrementalPlan {
     pub(crate) fn explain(&self, state_partitions: &str) -> String {
         let mut text = String::new();
         for stage in &self.operators {
-            let title = match stage.id {
-                0 => "== Batch plan ==".to_string(),
-                id => format!("== Plan between stateful operators {} and {id} ==", id - 1),
-            };
+            for (side, input) in stage.inputs.iter().enumerate() {
+                let reads_operator = input.leaves.iter().any(|l| matches!(l, Leaf::Operator(_)));
+                let mut title = match reads_operator {
+                    false => "== Batch plan".to_string(),
+                    true => "== Plan between stateful operators".to_string(),
+                };
+                if stage.inputs.len() > 1 {
+                    title.push_str(&format!(" (input {} of stateful operator {})", side + 1, stage.id));
+                } else if reads_operator {
+                    title.push_str(&format!(" (before stateful operator {})", stage.id));
+                }
+                text.push_str(&format!("{title} ==\n{}", input.display()));
+            }
             text.push_str(&format!(
-                "{title}\n{}== Stateful operator {} ==\n{}, state partitions: {state_partitions}\n",
-                stage.input.display(),
+                "== Stateful operator {} ==\n{}, state partitions: {state_partitions}\n",
                 stage.id,
                 stage.plan.describe(),
             ));
@@ -336,8 +350,8 @@ fn own_sources(mut scans: Vec<ScanSpec>) -> Result<Vec<ScanSpec>> {
     Ok(scans)
 }
 
-/// The stateful operators found in a query, bottom up: each one's input plan and its plan.
-type Operators = Vec<(LogicalPlan, Box<dyn OperatorPlan>)>;
+/// The stateful operators found in a query, bottom up: each one's input plans and its plan.
+type Operators = Vec<(Vec<LogicalPlan>, Box<dyn OperatorPlan>)>;
 
 /// Cuts `analyzed` at every stateful node over a stream, bottom up: each becomes an operator
 /// whose input is the plan below it, and a scan of the operator's output takes its place in the
@@ -355,11 +369,11 @@ fn cut(analyzed: &LogicalPlan) -> Result<(Operators, LogicalPlan)> {
             }
             _ => None,
         };
-        let Some((input, plan)) = found else {
+        let Some((inputs, plan)) = found else {
             return Ok(Transformed::no(node));
         };
         let scan = output_scan(id, &node, plan.as_ref()).map_err(Error::into_datafusion)?;
-        operators.push((input, plan));
+        operators.push((inputs, plan));
         Ok(Transformed::yes(scan))
     })?;
     Ok((operators, output.data))
@@ -409,14 +423,17 @@ fn output_scan(id: usize, node: &LogicalPlan, plan: &dyn OperatorPlan) -> Result
 /// operator, in complete mode. (Whether the output mode suits each operator is checked once the
 /// segments show that the operators form a chain.)
 fn check_chain(operators: &Operators, output: &LogicalPlan, mode: OutputMode) -> Result<()> {
-    for (input, plan) in operators {
-        // An aggregation's input segment is the aggregation itself: what is below it is stateless.
-        let stateless = match plan.partial_input() {
-            true => input.inputs(),
-            false => vec![input],
-        };
-        for plan in stateless {
-            check_stateless(plan)?;
+    for (inputs, plan) in operators {
+        for input in inputs {
+            // An aggregation's input segment is the aggregation itself: what is below it is
+            // stateless.
+            let stateless = match plan.partial_input() {
+                true => input.inputs(),
+                false => vec![input],
+            };
+            for plan in stateless {
+                check_stateless(plan)?;
+            }
         }
     }
     if operators.is_empty() {
@@ -439,20 +456,32 @@ fn check_chain(operators: &Operators, output: &LogicalPlan, mode: OutputMode) ->
     check_stateless_but_sorts(output, mode == OutputMode::Complete)
 }
 
-/// Refuses stateful operators side by side: each operator's output must feed the next one (or,
-/// for the last, the post plan) and nothing else.
+/// Refuses stateful operators side by side: each operator's output must feed one later operator
+/// (or, for the last, the post plan) and nothing else; only a join joins two branches.
 fn check_chained(operators: &[Stage], output: &Segment) -> Result<()> {
-    let segments: Vec<&Segment> = operators.iter().map(|s| &s.input).chain([output]).collect();
+    // Each segment with the id of the operator it feeds (the post plan's is past the last).
+    let segments: Vec<(usize, &Segment)> = operators
+        .iter()
+        .flat_map(|s| s.inputs.iter().map(move |i| (s.id, i)))
+        .chain([(operators.len(), output)])
+        .collect();
     for stage in operators {
-        let readers: Vec<usize> = (0..segments.len())
-            .filter(|i| segments[*i].leaves.contains(&Leaf::Operator(stage.id)))
+        let readers: Vec<usize> = segments
+            .iter()
+            .filter(|(_, segment)| segment.leaves.contains(&Leaf::Operator(stage.id)))
+            .map(|(reader, _)| *reader)
             .collect();
         let reads = segments
             .iter()
-            .flat_map(|s| &s.leaves)
+            .flat_map(|(_, s)| &s.leaves)
             .filter(|l| **l == Leaf::Operator(stage.id))
             .count();
-        if readers != [stage.id + 1] || reads != 1 {
+        let last = stage.id + 1 == operators.len();
+        let fits = match readers[..] {
+            [reader] => reader > stage.id && (reader == operators.len()) == last,
+            _ => false,
+        };
+        if !fits || reads != 1 {
             return Err(Error::plan(
                 "stateful operators side by side (such as a UNION or a join of two aggregations over streams) \
                  are not supported: a query's stateful operators form a chain, each reading the one before",

@@ -112,9 +112,12 @@ impl Operators {
         let mut metrics = Vec::with_capacity(self.running.len());
         let mut replaced = None;
         for (stage, running) in plan.operators().iter().zip(&mut self.running) {
-            let inputs = leaf_inputs(&stage.input, &mut streams, &outputs)?;
-            let bound = stage.input.bind(state, batch_time, inputs).await?;
-            let input = collect(bound, state.task_ctx()).await?;
+            let mut input = Vec::with_capacity(stage.inputs.len());
+            for segment in &stage.inputs {
+                let inputs = leaf_inputs(segment, &mut streams, &outputs)?;
+                let bound = segment.bind(state, batch_time, inputs).await?;
+                input.push(collect(bound, state.task_ctx()).await?);
+            }
             let emitted = running
                 .operator
                 .process(&input, stage.mode, watermarks.0, watermarks.1)?;
