@@ -243,16 +243,12 @@ impl IncrementalPlan {
         for stage in &self.operators {
             for (side, input) in stage.inputs.iter().enumerate() {
                 let reads_operator = input.leaves.iter().any(|l| matches!(l, Leaf::Operator(_)));
-                let mut title = match reads_operator {
-                    false => "== Batch plan".to_string(),
-                    true => "== Plan between stateful operators".to_string(),
+                let title = match (stage.inputs.len() > 1, reads_operator) {
+                    (false, false) => "Batch plan".to_string(),
+                    (false, true) => format!("Plan before stateful operator {}", stage.id),
+                    (true, _) => format!("Input {} of stateful operator {}", side + 1, stage.id),
                 };
-                if stage.inputs.len() > 1 {
-                    title.push_str(&format!(" (input {} of stateful operator {})", side + 1, stage.id));
-                } else if reads_operator {
-                    title.push_str(&format!(" (before stateful operator {})", stage.id));
-                }
-                text.push_str(&format!("{title} ==\n{}", input.display()));
+                text.push_str(&format!("== {title} ==\n{}", input.display()));
             }
             text.push_str(&format!(
                 "== Stateful operator {} ==\n{}, state partitions: {state_partitions}\n",
