@@ -6,6 +6,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod dedup;
+pub(crate) mod join;
 pub(crate) mod session;
 pub(crate) mod shards;
 
@@ -123,7 +124,10 @@ pub(crate) fn output_batch(schema: &SchemaRef, columns: Vec<ArrayRef>, rows: usi
 pub(crate) fn only_input(inputs: &[Vec<RecordBatch>]) -> Result<&[RecordBatch]> {
     match inputs {
         [input] => Ok(input),
-        _ => Err(Error::Internal(format!("{} inputs for an operator of one", inputs.len()))),
+        _ => Err(Error::Internal(format!(
+            "{} inputs for an operator of one",
+            inputs.len()
+        ))),
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub(crate) mod aggregate;
 pub(crate) mod dedup;
+pub(crate) mod join;
 pub(crate) mod scan;
 pub(crate) mod segment;
 
@@ -363,6 +364,9 @@ fn cut(analyzed: &LogicalPlan) -> Result<(Operators, LogicalPlan)> {
             LogicalPlan::Distinct(distinct) if node.inputs().iter().any(|i| contains_stream(i)) => {
                 Some(dedup::cut(distinct).map_err(Error::into_datafusion)?)
             }
+            LogicalPlan::Join(join) if contains_stream(&join.left) && contains_stream(&join.right) => {
+                Some(join::cut(join).map_err(Error::into_datafusion)?)
+            }
             _ => None,
         };
         let Some((inputs, plan)) = found else {
@@ -613,7 +617,7 @@ fn check_stateless_but_sorts(plan: &LogicalPlan, sorts: bool) -> Result<()> {
                 Some("window functions (OVER ...) over a stream are not supported; use GROUP BY window(...) for time windows")
             }
             LogicalPlan::Join(join) if streaming.len() == 2 => match (streaming[0], streaming[1], join.join_type) {
-                (true, true, _) => Some("joining two streams is not supported in this version; join a stream with a static table"),
+                (true, true, _) => Some("this join of two streams is not supported"),
                 (true, false, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti | JoinType::LeftMark)
                 | (false, true, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti | JoinType::RightMark) => None,
                 (true, false, _) | (false, true, _) => Some(

@@ -120,6 +120,17 @@ pub(crate) fn bucket_rows(schema: &SchemaRef, buckets: Int64Array, columns: Vec<
     file_rows(schema, Arc::new(buckets), slots, columns)
 }
 
+/// Rows of a state file with a bucket column of one value per row (see [`Buckets::PerRow`]) and
+/// the given slots.
+pub(crate) fn slot_rows(
+    schema: &SchemaRef,
+    buckets: Int64Array,
+    slots: UInt32Array,
+    columns: Vec<ArrayRef>,
+) -> Result<RecordBatch> {
+    file_rows(schema, Arc::new(buckets), slots, columns)
+}
+
 fn file_rows(schema: &SchemaRef, buckets: ArrayRef, slots: UInt32Array, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     let leading: [ArrayRef; 2] = [buckets, Arc::new(slots)];
     RecordBatch::try_new(schema.clone(), leading.into_iter().chain(columns).collect())

@@ -183,8 +183,8 @@ async fn queries_a_stream_cannot_serve_are_refused_at_start() {
             "must not exceed the width",
         ),
         (
-            "INSERT INTO m SELECT a.n FROM e a JOIN e b ON a.n = b.n",
-            "joining two streams",
+            "INSERT INTO m SELECT a.n FROM e a LEFT ANTI JOIN e b ON a.n = b.n",
+            "a left anti join (as EXCEPT and NOT EXISTS are) of two streams is not supported",
         ),
         ("INSERT INTO m SELECT 1 AS one", "must read at least one stream"),
     ];
