@@ -61,6 +61,22 @@ fn rows_and_cuts() -> impl Strategy<Value = (Vec<Row>, Vec<usize>)> {
     })
 }
 
+/// Rows whose times advance as they arrive (two minutes a row, give or take 20), so that the
+/// watermark moves in small steps and passes the edges of join ranges while partners still
+/// arrive; and the sizes of the micro-batches they are cut into.
+fn advancing_rows_and_cuts() -> impl Strategy<Value = (Vec<Row>, Vec<usize>)> {
+    let row = (0..2i32, -20..20i64, -50..50i32);
+    prop::collection::vec(row, 1..80).prop_flat_map(|rows| {
+        let rows: Vec<Row> = rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, jitter, v))| (k, 20 + 2 * i as i64 + jitter, v))
+            .collect();
+        let n = rows.len();
+        (Just(rows), prop::collection::vec(0..=n, 0..30))
+    })
+}
+
 /// The batches `rows` are cut into at `cuts` (positions, in any order, repeats allowed).
 fn cut(rows: &[Row], cuts: &[usize]) -> Vec<Vec<Row>> {
     let mut points: Vec<usize> = cuts.iter().copied().chain([0, rows.len()]).collect();
@@ -223,6 +239,63 @@ proptest! {
     }
 }
 
+/// A self-join of the events: each row with the rows of its key up to 20 minutes after it.
+const JOIN: &str = "SELECT a.k, a.time AS t1, a.v AS v1, b.time AS t2, b.v AS v2 FROM {} a {kind} JOIN {} b \
+                    ON a.k = b.k AND b.time BETWEEN a.time AND a.time + INTERVAL '20' MINUTE";
+/// The join's range, in minutes.
+const JOIN_RANGE: i64 = 20;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A join of two streams (here a stream with itself) under a watermark emits, across random
+    /// batches, exactly the batch join of the rows that were not late: every matching pair once,
+    /// and in a left outer join every row that found no match once its range closed.
+    #[test]
+    fn stream_joins_equal_the_batch_join_of_the_rows_in_time((rows, cuts) in advancing_rows_and_cuts()) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let session = StreamingSession::new();
+            session.run_script(&format!(
+                "CREATE TABLE events (k INT, time TIMESTAMP, v INT,
+                   WATERMARK FOR time AS time - INTERVAL '{DELAY_MINUTES}' MINUTE) WITH (connector = 'memory');
+                 CREATE TABLE inner_out WITH (connector = 'memory', output_mode = 'append', state_partitions = '3');
+                 CREATE TABLE left_out WITH (connector = 'memory', output_mode = 'append');"
+            )).await.unwrap();
+            let join = |kind: &str, table: &str| JOIN.replace("{kind}", kind).replace("{}", table);
+            let inner = start(&session, &format!("INSERT INTO inner_out {}", join("INNER", "events"))).await;
+            let left = start(&session, &format!("INSERT INTO left_out {}", join("LEFT", "events"))).await;
+            let batches = cut(&rows, &cuts);
+            run_batches(&session, &[inner.clone(), left.clone()], &batches).await;
+
+            // A row is late when its time is at or before the watermark the batches before left.
+            let mut watermark: Option<i64> = None;
+            let mut in_time = Vec::new();
+            for rows in &batches {
+                in_time.extend(rows.iter().filter(|r| watermark.is_none_or(|w| r.1 * MINUTE > w)));
+                if let Some(max) = rows.iter().map(|r| r.1 * MINUTE).max() {
+                    let next = max - DELAY_MINUTES * MINUTE;
+                    watermark = Some(watermark.map_or(next, |w| w.max(next)));
+                }
+            }
+            let final_watermark = watermark.unwrap();
+            session.context().register_batch("in_time", batch(&in_time)).unwrap();
+            assert_eq!(
+                sorted(query_rows(&session, "SELECT * FROM inner_out").await),
+                sorted(query_rows(&session, &join("INNER", "in_time")).await)
+            );
+            // Unmatched rows come out once their range has closed: time + range <= watermark.
+            let expected = query_rows(&session, &format!(
+                "SELECT * FROM ({}) WHERE t2 IS NOT NULL OR t1 + INTERVAL '{JOIN_RANGE}' MINUTE <= to_timestamp_nanos({final_watermark})",
+                join("LEFT", "in_time")
+            )).await;
+            assert_eq!(sorted(query_rows(&session, "SELECT * FROM left_out").await), sorted(expected));
+            inner.stop().await.unwrap();
+            left.stop().await.unwrap();
+        });
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
@@ -262,12 +335,17 @@ proptest! {
 }
 
 /// The queries of the restart property: sink name, output mode, query.
-const RESTARTED: [(&str, &str, &str); 5] = [
+/// A left outer join of the events with themselves (see [`JOIN`]).
+const LEFT_JOIN: &str = "SELECT a.k, a.time AS t1, a.v AS v1, b.time AS t2, b.v AS v2 FROM {} a LEFT JOIN {} b \
+                         ON a.k = b.k AND b.time BETWEEN a.time AND a.time + INTERVAL '20' MINUTE";
+
+const RESTARTED: [(&str, &str, &str); 6] = [
     ("sessions_complete", "complete", SESSIONS),
     ("sessions_append", "append", SESSIONS),
     ("running_update", "update", RUNNING),
     ("distinct_append", "append", DISTINCT),
     ("dedup_windowed_append", "append", DEDUP_WINDOWED),
+    ("left_join_append", "append", LEFT_JOIN),
 ];
 
 /// Starts the queries of [`RESTARTED`] with their sinks named `<prefix><name>`; checkpointed in
@@ -302,9 +380,9 @@ proptest! {
 
     /// Stopping queries and restarting them from their checkpoints between batches changes
     /// nothing they emit: session windows (complete, and append under a watermark, where sessions
-    /// merge and close), a running aggregate in update mode, a deduplication and a chain of a
-    /// deduplication and a window count, each over two state shards, with state snapshots as
-    /// often as the store makes them.
+    /// merge and close), a running aggregate in update mode, a deduplication, a chain of a
+    /// deduplication and a window count, and a left outer join of two streams, each over two state
+    /// shards, with state snapshots as often as the store makes them.
     #[test]
     fn restarting_from_the_checkpoint_changes_no_output(
         (rows, cuts) in rows_and_cuts(),
