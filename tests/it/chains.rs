@@ -63,3 +63,58 @@ async fn a_deduplication_then_a_window_count_keep_their_states_bounded_and_repor
     );
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_endless_watermarked_join_keeps_its_state_bounded() {
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        "CREATE TABLE impressions (ad INT, time TIMESTAMP,
+           WATERMARK FOR time AS time - INTERVAL '10' MINUTE) WITH (connector = 'memory');
+         CREATE TABLE clicks (ad INT, time TIMESTAMP,
+           WATERMARK FOR time AS time - INTERVAL '10' MINUTE) WITH (connector = 'memory');
+         CREATE TABLE matched WITH (connector = 'memory', output_mode = 'append');
+         INSERT INTO matched SELECT i.ad, i.time AS shown, c.time AS clicked
+         FROM impressions i LEFT JOIN clicks c ON c.ad = i.ad AND c.time BETWEEN i.time AND i.time + INTERVAL '30' MINUTE",
+    )
+    .await;
+    let at = |hour: usize, minute: usize| format!("2026-01-{:02}T{:02}:{:02}:00", 1 + hour / 24, hour % 24, minute);
+    for hour in 0..30 {
+        // Every hour, 20 ads are shown; the even ones are clicked 5 minutes later.
+        let shown: Vec<String> = (0..20)
+            .map(|ad| format!(r#"{{"ad": {ad}, "time": "{}"}}"#, at(hour, ad * 2)))
+            .collect();
+        push_json(
+            &session,
+            "impressions",
+            &shown.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let clicked: Vec<String> = (0..20)
+            .step_by(2)
+            .map(|ad| format!(r#"{{"ad": {ad}, "time": "{}"}}"#, at(hour, ad * 2 + 5)))
+            .collect();
+        push_json(
+            &session,
+            "clicks",
+            &clicked.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        query.process_all_available().await.unwrap();
+    }
+    let progress = query.recent_progress();
+    assert_eq!(progress[0].state_operators[0].operator_name, "symmetricHashJoin");
+    // At most about an hour and a half of rows of both sides, whatever the stream's length.
+    for p in &progress {
+        let held = p.state_operators[0].num_rows_total;
+        assert!(held <= 60, "batch {}: {held} rows held", p.batch_id);
+    }
+    let removed: u64 = progress.iter().map(|p| p.state_operators[0].num_rows_removed).sum();
+    assert!(removed >= 28 * 30, "{removed}");
+    // Each closed hour: ten clicked ads, ten shown without a click.
+    let rows = query_rows(
+        &session,
+        "SELECT count(clicked), count(*) FROM matched WHERE shown < '2026-01-01T01:00:00'",
+    )
+    .await;
+    assert_eq!(rows, ["10|20"]);
+    query.stop().await.unwrap();
+}

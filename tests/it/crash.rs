@@ -60,6 +60,9 @@ struct Paths {
     /// The totals query's checkpoint and table.
     totals_checkpoint: PathBuf,
     table: String,
+    /// The pairs query's output and checkpoint.
+    pairs: PathBuf,
+    pairs_checkpoint: PathBuf,
 }
 
 impl Paths {
@@ -70,6 +73,8 @@ impl Paths {
             checkpoint: root.join(format!("{name}-checkpoint")),
             totals_checkpoint: root.join(format!("{name}-totals-checkpoint")),
             table: format!("totals_{name}_{}", std::process::id()),
+            pairs: root.join(format!("{name}-pairs")),
+            pairs_checkpoint: root.join(format!("{name}-pairs-checkpoint")),
         }
     }
 }
@@ -119,7 +124,9 @@ impl Database {
 
 /// The job: windowed counts with a watermark, append mode, into the files sink; running totals
 /// per client of the first event of each client and second, update mode, into `database` (a
-/// chain: a deduplication bounded by the watermark, then an aggregation).
+/// chain: a deduplication bounded by the watermark, then an aggregation); and the pairs of
+/// events of one client and action at most 10 seconds apart, a join of the stream with itself,
+/// into the files sink.
 fn job(root: &Path, paths: &Paths, database: &Database, trigger: &str) -> PathBuf {
     let sql = format!(
         "CREATE TABLE events (time TIMESTAMP, action VARCHAR, client VARCHAR, amount INT,
@@ -133,13 +140,20 @@ fn job(root: &Path, paths: &Paths, database: &Database, trigger: &str) -> PathBu
          CREATE TABLE totals WITH (connector = 'database', url = '{url}', table = '{table}',
            output_mode = 'update', checkpoint_location = '{totals_checkpoint}'{trigger});
          INSERT INTO totals SELECT client, count(*) AS n, sum(amount) AS total
-           FROM (SELECT DISTINCT ON (client, time) client, time, amount FROM events) GROUP BY client;",
+           FROM (SELECT DISTINCT ON (client, time) client, time, amount FROM events) GROUP BY client;
+         CREATE TABLE pairs WITH (connector = 'files', format = 'parquet', path = '{pairs}',
+           output_mode = 'append', checkpoint_location = '{pairs_checkpoint}', state_partitions = '2'{trigger});
+         INSERT INTO pairs SELECT a.client, a.action, a.time AS first, b.time AS second, b.amount
+           FROM events a JOIN events b ON a.client = b.client AND a.action = b.action
+             AND b.time > a.time AND b.time <= a.time + INTERVAL '10' SECOND;",
         input = paths.input.display(),
         output = paths.output.display(),
         checkpoint = paths.checkpoint.display(),
         url = database.url(),
         table = paths.table,
         totals_checkpoint = paths.totals_checkpoint.display(),
+        pairs = paths.pairs.display(),
+        pairs_checkpoint = paths.pairs_checkpoint.display(),
     );
     let file = root.join(format!("job-{}-{}.sql", paths.table, trigger.len()));
     std::fs::write(&file, sql).unwrap();
@@ -232,6 +246,19 @@ async fn output_rows(dir: &Path) -> Vec<String> {
     .await
 }
 
+/// The pairs sink's rows, sorted.
+async fn pair_rows(dir: &Path) -> Vec<String> {
+    let session = StreamingSession::new();
+    session
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE pairs STORED AS PARQUET LOCATION '{}'",
+            dir.display()
+        ))
+        .await
+        .unwrap();
+    query_rows(&session, "SELECT * FROM pairs ORDER BY 1, 2, 3, 4, 5").await
+}
+
 /// Kills and restarts the job writing totals to `database`, then compares both sinks with an
 /// uninterrupted run's.
 async fn crash_and_compare(database: impl FnOnce(&Path) -> Database) {
@@ -318,6 +345,15 @@ async fn crash_and_compare(database: impl FnOnce(&Path) -> Database) {
         expected.len(),
         &missing[..missing.len().min(5)],
         &extra[..extra.len().min(5)]
+    );
+
+    let expected = pair_rows(&uninterrupted.pairs).await;
+    assert!(expected.len() > 1000, "the join finds many pairs: {}", expected.len());
+    let got = pair_rows(&crashing.pairs).await;
+    assert_eq!(got.len(), expected.len(), "the pairs of the killed runs");
+    assert!(
+        got == expected,
+        "the pairs of the killed runs differ from the uninterrupted run's"
     );
 
     let expected = database.take_totals(&uninterrupted.table).await;
