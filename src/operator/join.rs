@@ -39,6 +39,11 @@ use crate::time::to_nanos;
 
 /// The bucket of rows that never leave the state.
 const NEVER: i64 = i64::MAX;
+/// Rows leave the state in groups of a second of event time: a row stays until the watermark
+/// passes the end of the second in which its range closes (an outer join's unmatched row comes
+/// out up to a second of event time later than it could). Per-row buckets would cost a map entry
+/// and a chunk per row.
+const BUCKET_NANOS: i64 = 1_000_000_000;
 
 /// The kinds of joins of two streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +88,17 @@ pub(crate) struct JoinSpec {
 
 impl JoinSpec {
     /// When a row of `side` at `time` (nanoseconds) leaves the state: once the watermark has
-    /// reached it. [`NEVER`] without a bound.
+    /// reached it, rounded up to a whole [`BUCKET_NANOS`] so that rows leave in groups.
+    /// [`NEVER`] without a bound.
     fn leaves_at(&self, side: usize, time: i64) -> i64 {
-        match (side, self.range) {
+        let at = match (side, self.range) {
             (0, (_, Some(b))) => time.saturating_add(b),
             (1, (Some(a), _)) => time.saturating_sub(a),
-            _ => NEVER,
+            _ => return NEVER,
+        };
+        match at.rem_euclid(BUCKET_NANOS) {
+            0 => at,
+            rest => at.saturating_add(BUCKET_NANOS - rest),
         }
     }
 }
