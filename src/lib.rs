@@ -5,11 +5,11 @@
 //! result is kept up to date batch by batch, as in Apache Spark Structured Streaming.
 //!
 //! ```text
-//! source ──offsets──▶ driver loop ──batch N──▶ batch plan ──▶ stateful operator ──▶ post plan ──▶ sink.add_batch(N)
-//!    ▲                 │     │         (DataFusion,    (merges partial       (DataFusion)          │
-//!    │                 │     │          partial agg.)   states; watermarks)                        │
-//!    │      offsets/N ◀┘     │                               │ state delta N                       │
-//!    │      (before)         └──── commits/N (after) ◀───────┴─────────────────────────────────────┘
+//! source ──offsets──▶ driver loop ──batch N──▶ segment ──▶ stateful operator ──▶ … ──▶ post plan ──▶ sink.add_batch(N)
+//!    ▲                 │     │        (DataFusion:  (aggregation, dedup,        (DataFusion)          │
+//!    │                 │     │         batch plan)   join; two watermarks)                           │
+//!    │      offsets/N ◀┘     │                           │ state/<id> delta N                        │
+//!    │      (before)         └──── commits/N (after) ◀───┴───────────────────────────────────────────┘
 //!    └── read(start, end): the same rows again when batch N is re-run after a crash
 //! ```
 //!
@@ -58,12 +58,15 @@
 //! - `options`: a connector's options, with typed readers that name a bad option; durations.
 //!   Depends on `error` only.
 //! - `frame`: the DataFrame API (`read_stream`, `write_stream`). Uses `session`, `connector`.
-//! - `planner`: incrementalization: which queries can run on streams, the cut into batch plan,
-//!   stateful operator and post plan, and the binding of each batch's rows. No I/O, no tasks.
-//!   Uses `operator`, `source` (for scans).
-//! - `operator`: stateful operators (aggregation, session windows, state shards). Uses `state`.
-//! - `state`: state kept between batches, as Arrow arrays (group tables), and the state store
-//!   that writes its versions as delta and snapshot files. Uses `checkpoint` (its folders only).
+//! - `planner`: incrementalization: which queries can run on streams, the cut into a chain of
+//!   stateful operators (aggregation, deduplication, join; one file each) with stateless segments
+//!   between them, and the binding of each batch's rows. No I/O, no tasks. Uses `operator`,
+//!   `source` (for scans).
+//! - `operator`: stateful operators (aggregation, session windows, deduplication, stream-stream
+//!   join; state shards). Uses `state`.
+//! - `state`: state kept between batches, as Arrow arrays (group tables), the state file format,
+//!   and the state store that writes its versions as delta and snapshot files. Uses `checkpoint`
+//!   (its folders only).
 //! - `checkpoint`: the checkpoint's folders, metadata, offsets and commits logs and the recovery
 //!   decision; knows nothing of operators. Uses `source` (offsets).
 //! - `source`: the [`Source`] trait and the files, memory, rate and socket sources, and the
@@ -71,9 +74,10 @@
 //! - `sink`: the [`Sink`] trait and the console, memory, files and database sinks, each with its
 //!   connector. Uses `storage`, `options`.
 //! - `storage`: object store locations for files read and written.
-//! - `query`: the only module with tasks and time: the micro-batch loop, the
-//!   [`StreamingQuery`] handle, triggers, watermarks, progress, and when the checkpoint is written.
-//!   Uses `planner`, `operator`, `state`, `checkpoint`, `source`, `sink`.
+//! - `query`: the only module with tasks and time: the micro-batch loop in named steps (`driver`),
+//!   the read side and watermarks (`cursor`), the running operators and their stores (`stages`),
+//!   progress reports, the [`StreamingQuery`] handle and triggers. Uses `planner`, `operator`,
+//!   `state`, `checkpoint`, `source`, `sink`.
 //! - `time`: checked event-time arithmetic (the nanosecond range, units, durations). Depends on
 //!   `error` only.
 //! - `error`: the one error type.
