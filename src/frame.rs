@@ -253,15 +253,52 @@ impl StreamingDataFrame {
     /// # Errors
     /// A column the frame does not have.
     pub fn drop_duplicates(self, columns: &[&str]) -> Result<Self> {
-        let on = columns
+        let on = self.key_columns(columns)?;
+        let all = self.df.schema().columns().into_iter().map(Expr::Column).collect();
+        self.map(|df| df.distinct_on(on, all, None))
+    }
+
+    /// The first row of each distinct value of `columns`, all columns kept, with each value
+    /// forgotten once the watermark passes its first row's time plus the watermark's delay
+    /// (Spark's `dropDuplicatesWithinWatermark`): a repeat within that time is dropped, the
+    /// state stays bounded, and the event time need not be one of `columns`. `SELECT DISTINCT ON
+    /// (columns, within_watermark(time)) *` in SQL.
+    ///
+    /// # Errors
+    /// A column the frame does not have, or a frame whose stream declares no watermark.
+    pub fn drop_duplicates_within_watermark(self, columns: &[&str]) -> Result<Self> {
+        let mut watermark = None;
+        let _ = self.df.logical_plan().apply(|node| {
+            if let Some(table) = crate::planner::scanned_table(node)
+                && let Some(stream) = table.downcast_ref::<StreamTable>()
+            {
+                watermark = watermark.clone().or(stream.watermark.clone());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        });
+        let Some(watermark) = watermark else {
+            return Err(Error::plan(
+                "drop_duplicates_within_watermark() needs a watermark: declare one on the stream first \
+                 (with_watermark(), or WATERMARK FOR in CREATE TABLE)",
+            ));
+        };
+        let mut on = self.key_columns(columns)?;
+        let time = self.key_columns(&[watermark.column.as_str()])?;
+        let within = datafusion::logical_expr::ScalarUDF::new_from_impl(crate::sql::dedup::WithinWatermark::new());
+        on.push(within.call(time));
+        let all = self.df.schema().columns().into_iter().map(Expr::Column).collect();
+        self.map(|df| df.distinct_on(on, all, None))
+    }
+
+    /// The frame's columns named `columns`.
+    fn key_columns(&self, columns: &[&str]) -> Result<Vec<Expr>> {
+        Ok(columns
             .iter()
             .map(|c| {
                 let field = self.df.schema().qualified_field_with_unqualified_name(c)?;
                 Ok(Expr::Column(field.into()))
             })
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let all = self.df.schema().columns().into_iter().map(Expr::Column).collect();
-        self.map(|df| df.distinct_on(on, all, None))
+            .collect::<datafusion::error::Result<Vec<_>>>()?)
     }
 
     /// Rows of both frames (`UNION ALL`).

@@ -112,6 +112,7 @@ impl StreamingSession {
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::WindowList::new()));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::SessionWindow::new()));
         ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::window::WindowTime::new()));
+        ctx.register_udf(ScalarUDF::new_from_impl(crate::sql::dedup::WithinWatermark::new()));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sliding::SlidingWindows));
         ctx.add_analyzer_rule(Arc::new(crate::sql::sessions::StaticSessionWindows));
         // This rule drops grouping keys computed from other keys (`GROUP BY v, v + 1`) and computes

@@ -7,6 +7,10 @@
 //! the previous batch's watermark had passed is late, dropped and counted (Spark's rule for
 //! `dropDuplicates` with a watermark). Without event time every key is kept for good.
 //!
+//! Within the watermark (Spark's `dropDuplicatesWithinWatermark`), the key has no time in it: a
+//! key is kept from its first row's time until the watermark passes that time plus the stream's
+//! delay, in the bucket of that moment, and an index over all buckets tells a repeat.
+//!
 //! The input rows keep their order: a batch emits the first row of each key it is the first to
 //! see, among the rows the operator's shard received.
 
@@ -15,6 +19,8 @@ use std::collections::BTreeMap;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::common::HashMap;
 
 use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema};
 use crate::error::{Error, Result};
@@ -28,13 +34,24 @@ use crate::time::to_nanos;
 /// The bucket of keys without event time: never dropped.
 const NO_TIME: i64 = i64::MAX;
 
+/// Where a deduplication's rows take their time from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DedupTime {
+    /// A key (a position among the keys) is a watermarked time: the bucket is that time.
+    Key(usize),
+    /// The input column with the watermarked time, not a key: a key is kept until the watermark
+    /// passes its first row's time plus `delay` nanoseconds.
+    Within { column: usize, delay: i64 },
+}
+
 /// The keys seen by one deduplication (one shard of it).
 #[derive(Debug)]
 pub(crate) struct Deduplicate {
     /// The input columns that are the key.
     keys: Vec<usize>,
-    /// The key (a position in `keys`) that carries event time.
-    event_time: Option<usize>,
+    time: Option<DedupTime>,
+    /// Within the watermark: every key held, with its bucket.
+    index: Option<(RowConverter, HashMap<OwnedRow, i64>)>,
     key_schema: SchemaRef,
     /// The output: the first `width` input columns.
     output_schema: SchemaRef,
@@ -48,18 +65,26 @@ pub(crate) struct Deduplicate {
 }
 
 impl Deduplicate {
-    pub(crate) fn try_new(
-        input: &SchemaRef,
-        keys: Vec<usize>,
-        event_time: Option<usize>,
-        width: usize,
-    ) -> Result<Self> {
+    pub(crate) fn try_new(input: &SchemaRef, keys: Vec<usize>, time: Option<DedupTime>, width: usize) -> Result<Self> {
         let key_fields: Vec<_> = keys.iter().map(|k| input.fields()[*k].clone()).collect();
         let key_schema = std::sync::Arc::new(Schema::new(key_fields.clone()));
         let output_schema = std::sync::Arc::new(Schema::new(input.fields()[..width].to_vec()));
+        let index = match time {
+            Some(DedupTime::Within { .. }) => {
+                let fields = key_fields
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect();
+                let converter =
+                    RowConverter::new(fields).map_err(|e| Error::Internal(format!("deduplication keys: {e}")))?;
+                Some((converter, HashMap::new()))
+            }
+            _ => None,
+        };
         Ok(Deduplicate {
             keys,
-            event_time,
+            time,
+            index,
             key_schema,
             output_schema,
             buckets: BTreeMap::new(),
@@ -69,13 +94,55 @@ impl Deduplicate {
         })
     }
 
-    /// The bucket of each row of `batch`; `None` where its event time is null.
-    fn buckets_of(&self, batch: &RecordBatch) -> Result<Vec<Option<i64>>> {
-        let Some(key) = self.event_time else {
-            return Ok(vec![Some(NO_TIME); batch.num_rows()]);
+    /// The time and bucket of each row of `batch`; `None` where its event time is null.
+    fn buckets_of(&self, batch: &RecordBatch) -> Result<Vec<Option<(i64, i64)>>> {
+        let (column, delay) = match self.time {
+            None => return Ok(vec![Some((NO_TIME, NO_TIME)); batch.num_rows()]),
+            Some(DedupTime::Key(key)) => (self.keys[key], 0),
+            Some(DedupTime::Within { column, delay }) => (column, delay),
         };
-        let nanos = to_nanos(batch.column(self.keys[key]))?;
-        Ok(nanos.iter().collect())
+        let nanos = to_nanos(batch.column(column))?;
+        Ok(nanos.iter().map(|t| t.map(|t| (t, t.saturating_add(delay)))).collect())
+    }
+
+    /// Within the watermark: keeps the rows whose key no bucket holds (the first of each), and
+    /// records their keys in the index.
+    fn first_of_keys(&mut self, batch: &RecordBatch, by_bucket: &mut BTreeMap<i64, Vec<u32>>) -> Result<()> {
+        let Some((converter, index)) = &mut self.index else {
+            return Ok(());
+        };
+        let columns: Vec<ArrayRef> = self.keys.iter().map(|k| batch.column(*k).clone()).collect();
+        let rows = converter
+            .convert_columns(&columns)
+            .map_err(|e| Error::Internal(format!("deduplication keys: {e}")))?;
+        let mut rows_of_bucket: Vec<(u32, i64)> = by_bucket
+            .iter()
+            .flat_map(|(bucket, rows)| rows.iter().map(move |r| (*r, *bucket)))
+            .collect();
+        rows_of_bucket.sort_unstable();
+        by_bucket.clear();
+        for (row, bucket) in rows_of_bucket {
+            if let datafusion::common::hash_map::Entry::Vacant(e) = index.entry(rows.row(row as usize).owned()) {
+                e.insert(bucket);
+                by_bucket.entry(bucket).or_default().push(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// Within the watermark: forgets the keys of a bucket that leaves.
+    fn forget(&mut self, table: &GroupTable) -> Result<()> {
+        let Some((converter, index)) = &mut self.index else {
+            return Ok(());
+        };
+        let keys = table.view().columns()?;
+        let rows = converter
+            .convert_columns(&keys)
+            .map_err(|e| Error::Internal(format!("deduplication keys: {e}")))?;
+        for row in rows.iter() {
+            index.remove(&row.owned());
+        }
+        Ok(())
     }
 
     fn table(&mut self, bucket: i64) -> Result<&mut GroupTable> {
@@ -108,12 +175,13 @@ impl StatefulOperator for Deduplicate {
             for (row, bucket) in buckets.iter().enumerate() {
                 match bucket {
                     None => metrics.null_event_time += 1,
-                    Some(time) if *time != NO_TIME && late_watermark.is_some_and(|w| *time <= w) => {
+                    Some((time, _)) if *time != NO_TIME && late_watermark.is_some_and(|w| *time <= w) => {
                         metrics.dropped_by_watermark += 1
                     }
-                    Some(time) => by_bucket.entry(*time).or_default().push(row as u32),
+                    Some((_, bucket)) => by_bucket.entry(*bucket).or_default().push(row as u32),
                 }
             }
+            self.first_of_keys(batch, &mut by_bucket)?;
             for (bucket, rows) in by_bucket {
                 let keys: Vec<ArrayRef> = self.keys.iter().map(|k| batch.column(*k).clone()).collect();
                 let keys = crate::state::groups::take_rows(&keys, rows.clone())?;
@@ -151,6 +219,7 @@ impl StatefulOperator for Deduplicate {
                     continue;
                 }
                 metrics.rows_removed += table.len() as u64;
+                self.forget(&table)?;
                 self.changed.retain(|(changed, _, _)| *changed != bucket);
                 self.removed.push(bucket);
             }
@@ -202,6 +271,9 @@ impl StatefulOperator for Deduplicate {
         check_state_schema(state, &self.file_schema)?;
         self.buckets.clear();
         self.discard_changes();
+        if let Some((_, index)) = &mut self.index {
+            index.clear();
+        }
         for (bucket, first, rows) in state.bucket_runs()? {
             let keys: Vec<ArrayRef> = (2..state.rows.num_columns())
                 .map(|c| state.rows.column(c).slice(first, rows))
@@ -213,6 +285,12 @@ impl StatefulOperator for Deduplicate {
                     "restored keys of bucket {bucket}: {rows} rows gave {} keys",
                     table.len()
                 )));
+            }
+            if let Some((converter, index)) = &mut self.index {
+                let rows = converter
+                    .convert_columns(&keys)
+                    .map_err(|e| Error::Internal(format!("deduplication keys: {e}")))?;
+                index.extend(rows.iter().map(|row| (row.owned(), bucket)));
             }
         }
         Ok(())

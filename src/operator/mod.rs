@@ -11,7 +11,7 @@ pub(crate) mod session;
 pub(crate) mod shards;
 
 pub(crate) use aggregate::{EventTimeKey, StatefulAggregate};
-pub(crate) use dedup::Deduplicate;
+pub(crate) use dedup::{DedupTime, Deduplicate};
 pub(crate) use session::SessionAggregate;
 pub(crate) use shards::Sharded;
 

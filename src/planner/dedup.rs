@@ -8,6 +8,11 @@
 //! and forgotten once the watermark passes it, so state stays bounded; rows whose time the
 //! watermark has already passed are late, dropped and counted.
 //!
+//! `DISTINCT ON (keys, within_watermark(time))` is Spark's `dropDuplicatesWithinWatermark`: the
+//! keys do not hold the time, and a key is kept from its first row until the watermark passes
+//! that row's time plus the stream's watermark delay. On a static table `within_watermark()` is
+//! a constant, so the query is `DISTINCT ON (keys)`.
+//!
 //! The input segment computes the selected columns followed by the key columns; the operator
 //! emits the selected ones.
 
@@ -17,9 +22,9 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::{OperatorPlan, watermarked_columns};
+use super::{OperatorPlan, watermark_delay, watermarked_columns};
 use crate::error::{Error, Result};
-use crate::operator::{Deduplicate, Sharded, StatefulOperator};
+use crate::operator::{DedupTime, Deduplicate, Sharded, StatefulOperator};
 use crate::sink::OutputMode;
 
 /// The state and output of one deduplication.
@@ -27,8 +32,8 @@ use crate::sink::OutputMode;
 pub(crate) struct DedupPlan {
     /// The input columns that are the key.
     keys: Vec<usize>,
-    /// The key column (a position in `keys`) that carries event time, if one does.
-    event_time: Option<usize>,
+    /// Where rows take their time from, if they have one.
+    time: Option<DedupTime>,
     /// How many leading input columns are the output.
     width: usize,
     /// Names of the output columns, for EXPLAIN.
@@ -48,7 +53,7 @@ impl OperatorPlan for DedupPlan {
                 Ok(Box::new(Deduplicate::try_new(
                     &schema,
                     self.keys.clone(),
-                    self.event_time,
+                    self.time,
                     self.width,
                 )?))
             })
@@ -65,8 +70,12 @@ impl OperatorPlan for DedupPlan {
                 None => format!("key {}", k - self.width + 1),
             })
             .collect();
-        let event_time = match self.event_time {
-            Some(i) => format!(", event time: {} (with watermark)", keys[i]),
+        let event_time = match self.time {
+            Some(DedupTime::Key(i)) => format!(", event time: {} (with watermark)", keys[i]),
+            Some(DedupTime::Within { delay, .. }) => format!(
+                ", within the watermark: a key is kept until the watermark passes its first time + {}",
+                crate::time::describe_duration(std::time::Duration::from_nanos(delay.unsigned_abs()))
+            ),
             None => ", no watermarked key (state grows with every new key)".to_string(),
         };
         let columns = match self.keys == (0..self.width).collect::<Vec<_>>() {
@@ -100,7 +109,7 @@ impl OperatorPlan for DedupPlan {
     }
 
     fn has_event_time(&self) -> bool {
-        self.event_time.is_some()
+        self.time.is_some()
     }
 
     fn check_mode(&self, mode: OutputMode, last: bool) -> Result<()> {
@@ -126,6 +135,7 @@ impl OperatorPlan for DedupPlan {
 /// and its plan.
 pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn OperatorPlan>)> {
     let watermarked = watermarked_columns(distinct.input());
+    let mut within: Option<(usize, i64)> = None;
     let (input, keys, width) = match distinct {
         Distinct::All(input) => {
             let width = input.schema().fields().len();
@@ -138,7 +148,8 @@ pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn Oper
                      each key to arrive; leave out the ORDER BY",
                 ));
             }
-            // The selected columns under their names, then the keys.
+            // The selected columns under their names, then the keys (a within_watermark() marker's
+            // time among them).
             let width = on.select_expr.len();
             let mut exprs: Vec<Expr> = on
                 .schema
@@ -146,16 +157,28 @@ pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn Oper
                 .zip(&on.select_expr)
                 .map(|((qualifier, field), e)| e.clone().alias_qualified(qualifier.cloned(), field.name()))
                 .collect();
-            exprs.extend(
-                on.on_expr
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| e.clone().alias(format!("__tidewater_key_{i}"))),
-            );
+            let mut keys = Vec::new();
+            for (i, e) in on.on_expr.iter().enumerate() {
+                let position = width + i;
+                match within_watermark(e) {
+                    Some(time) => {
+                        let Expr::Column(column) = time else {
+                            return Err(within_error());
+                        };
+                        let delay = watermark_delay(&on.input, &column.name).ok_or_else(within_error)?;
+                        within = Some((position, delay));
+                        exprs.push(time.clone().alias(format!("__tidewater_key_{i}")));
+                    }
+                    None => {
+                        keys.push(position);
+                        exprs.push(e.clone().alias(format!("__tidewater_key_{i}")));
+                    }
+                }
+            }
             let input = LogicalPlanBuilder::from(on.input.as_ref().clone())
                 .project(exprs)?
                 .build()?;
-            (input, (width..width + on.on_expr.len()).collect(), width)
+            (input, keys, width)
         }
     };
     let schema = input.schema();
@@ -164,7 +187,7 @@ pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn Oper
         matches!(field.data_type(), DataType::Timestamp(_, _)) && watermarked.contains(field.name())
     };
     // A key is event time when it is a watermarked column (for DISTINCT ON, when its expression is).
-    let event_time = keys.iter().position(|k| match distinct {
+    let key_time = keys.iter().position(|k| match distinct {
         Distinct::On(on) => {
             matches!(&on.on_expr[k - width], Expr::Column(c) if watermarked.contains(&c.name))
                 && matches!(schema.field(*k).data_type(), DataType::Timestamp(_, _))
@@ -173,12 +196,31 @@ pub(crate) fn cut(distinct: &Distinct) -> Result<(Vec<LogicalPlan>, Box<dyn Oper
     });
     let output_names = (0..width).map(|i| schema.field(i).name().clone()).collect();
     let watermarked = (0..width).filter(|i| is_event_time(*i)).collect();
+    let time = match within {
+        Some((column, delay)) => Some(DedupTime::Within { column, delay }),
+        None => key_time.map(DedupTime::Key),
+    };
     let plan = DedupPlan {
         keys,
-        event_time,
+        time,
         width,
         output_names,
         watermarked,
     };
     Ok((vec![input], Box::new(plan)))
+}
+
+/// The argument of a `within_watermark(...)` marker, if `expr` is one.
+fn within_watermark(expr: &Expr) -> Option<&Expr> {
+    match expr {
+        Expr::ScalarFunction(f) if f.func.name() == "within_watermark" => f.args.first(),
+        _ => None,
+    }
+}
+
+fn within_error() -> Error {
+    Error::plan(
+        "within_watermark() takes the time column a stream declares its watermark on, such as \
+         DISTINCT ON (id, within_watermark(time)) over a stream with WATERMARK FOR time AS ...",
+    )
 }

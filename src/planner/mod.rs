@@ -491,6 +491,21 @@ fn check_chained(operators: &[Stage], output: &Segment) -> Result<()> {
     Ok(())
 }
 
+/// The delay, in nanoseconds, of the watermark a stream under `plan` declares on `column`.
+pub(crate) fn watermark_delay(plan: &LogicalPlan, column: &str) -> Option<i64> {
+    let mut delay = None;
+    let _ = plan.apply(|node| {
+        if let Some(provider) = scanned_table(node)
+            && let Some(table) = provider.downcast_ref::<StreamTable>()
+            && let Some(w) = table.watermark.as_ref().filter(|w| w.column == column)
+        {
+            delay = Some(crate::time::duration_nanos(w.delay).unwrap_or(i64::MAX));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    delay
+}
+
 /// The columns of streams and operator outputs under `plan` that carry a watermark, by name.
 pub(crate) fn watermarked_columns(plan: &LogicalPlan) -> HashSet<String> {
     let mut watermarked = HashSet::new();

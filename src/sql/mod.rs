@@ -12,6 +12,7 @@
 //! The `WATERMARK` clause is not SQL that sqlparser knows; it is cut out of the token stream before
 //! parsing and kept beside the table.
 
+pub(crate) mod dedup;
 pub(crate) mod sessions;
 pub(crate) mod sliding;
 pub(crate) mod window;

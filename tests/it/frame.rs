@@ -169,3 +169,75 @@ async fn drop_duplicates_keeps_the_first_row_of_each_key_across_batches_and_rest
     );
     assert_eq!(first_visits_once(input.path(), checkpoint.path()).await, ["3|cart"]);
 }
+
+#[tokio::test]
+async fn drop_duplicates_within_watermark_forgets_a_key_once_the_watermark_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // One file per batch (max_files_per_trigger = 1).
+    drop_file(
+        dir.path(),
+        "1.json",
+        b"{\"user\": 1, \"time\": \"2026-01-01T10:00:00\"}\n{\"user\": 1, \"time\": \"2026-01-01T10:05:00\"}\n",
+    );
+    drop_file(
+        dir.path(),
+        "2.json",
+        b"{\"user\": 2, \"time\": \"2026-01-01T10:30:00\"}\n",
+    );
+    drop_file(
+        dir.path(),
+        "3.json",
+        b"{\"user\": 1, \"time\": \"2026-01-01T10:25:00\"}\n",
+    );
+    drop_file(
+        dir.path(),
+        "4.json",
+        b"{\"user\": 1, \"time\": \"2026-01-01T10:40:00\"}\n",
+    );
+    let session = StreamingSession::new();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::Int64, true),
+        Field::new(
+            "time",
+            DataType::Timestamp(tidewater::arrow::datatypes::TimeUnit::Nanosecond, None),
+            true,
+        ),
+    ]));
+    let logins = session
+        .read_stream()
+        .format("json")
+        .schema(schema)
+        .option("max_files_per_trigger", 1)
+        .load(&dir.path().display().to_string())
+        .await
+        .unwrap();
+    assert!(
+        logins.clone().drop_duplicates_within_watermark(&["user"]).is_err(),
+        "no watermark"
+    );
+    let query = logins
+        .with_watermark("time", "10 minutes")
+        .unwrap()
+        .drop_duplicates_within_watermark(&["user"])
+        .unwrap()
+        .write_stream()
+        .format("memory")
+        .query_name("first_logins")
+        .trigger(Trigger::AvailableNow)
+        .start()
+        .await
+        .unwrap();
+    assert!(query.await_termination(None).await.unwrap());
+    // User 1 is held until the watermark passes 10:10. The watermark reaches 10:20 after the
+    // second file, but a batch forgets keys after its rows (as Spark's does): the third file's
+    // 10:25 login is still a repeat, the fourth file's is a first again.
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM first_logins ORDER BY time").await,
+        [
+            "1|2026-01-01T10:00:00",
+            "2|2026-01-01T10:30:00",
+            "1|2026-01-01T10:40:00"
+        ]
+    );
+    query.stop().await.unwrap();
+}

@@ -339,13 +339,17 @@ proptest! {
 const LEFT_JOIN: &str = "SELECT a.k, a.time AS t1, a.v AS v1, b.time AS t2, b.v AS v2 FROM {} a LEFT JOIN {} b \
                          ON a.k = b.k AND b.time BETWEEN a.time AND a.time + INTERVAL '20' MINUTE";
 
-const RESTARTED: [(&str, &str, &str); 6] = [
+/// A deduplication within the watermark (Spark's `dropDuplicatesWithinWatermark`).
+const WITHIN_WATERMARK: &str = "SELECT DISTINCT ON (k, within_watermark(time)) k, time, v FROM {}";
+
+const RESTARTED: [(&str, &str, &str); 7] = [
     ("sessions_complete", "complete", SESSIONS),
     ("sessions_append", "append", SESSIONS),
     ("running_update", "update", RUNNING),
     ("distinct_append", "append", DISTINCT),
     ("dedup_windowed_append", "append", DEDUP_WINDOWED),
     ("left_join_append", "append", LEFT_JOIN),
+    ("within_watermark_append", "append", WITHIN_WATERMARK),
 ];
 
 /// Starts the queries of [`RESTARTED`] with their sinks named `<prefix><name>`; checkpointed in
@@ -380,9 +384,10 @@ proptest! {
 
     /// Stopping queries and restarting them from their checkpoints between batches changes
     /// nothing they emit: session windows (complete, and append under a watermark, where sessions
-    /// merge and close), a running aggregate in update mode, a deduplication, a chain of a
-    /// deduplication and a window count, and a left outer join of two streams, each over two state
-    /// shards, with state snapshots as often as the store makes them.
+    /// merge and close), a running aggregate in update mode, deduplications (of whole rows, and
+    /// within the watermark), a chain of a deduplication and a window count, and a left outer join
+    /// of two streams, each over two state shards, with state snapshots as often as the store
+    /// makes them.
     #[test]
     fn restarting_from_the_checkpoint_changes_no_output(
         (rows, cuts) in rows_and_cuts(),
