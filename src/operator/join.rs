@@ -434,15 +434,9 @@ impl StreamJoin {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.file_schema.fields().len() - 2);
         for side in 0..2 {
             let fields = self.spec.input_schemas[side].fields();
-            let null_chunk = RecordBatch::new_empty(self.spec.input_schemas[side].clone());
+            // Chunk 0 is one row of nulls, for the rows of the other side.
             let nulls: Vec<ArrayRef> = fields.iter().map(|f| new_null_array(f.data_type(), 1)).collect();
-            let null_row = RecordBatch::try_new_with_options(
-                self.spec.input_schemas[side].clone(),
-                nulls,
-                &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
-            )
-            .unwrap_or(null_chunk);
-            let mut chunks: Vec<&RecordBatch> = vec![&null_row];
+            let mut chunks: Vec<&[ArrayRef]> = vec![&nulls];
             let mut chunk_of: HashMap<(i64, usize), usize> = HashMap::new();
             let mut at = Vec::with_capacity(rows.len());
             for &(bucket, _, row_side, position) in &rows {
@@ -453,13 +447,13 @@ impl StreamJoin {
                 let held = &self.sides[side].buckets[&bucket];
                 let (chunk, row) = held.locate(position);
                 let index = *chunk_of.entry((bucket, chunk)).or_insert_with(|| {
-                    chunks.push(&held.chunks[chunk]);
+                    chunks.push(held.chunks[chunk].columns());
                     chunks.len() - 1
                 });
                 at.push((index, row));
             }
             for c in 0..fields.len() {
-                let arrays: Vec<&dyn Array> = chunks.iter().map(|b| b.column(c).as_ref()).collect();
+                let arrays: Vec<&dyn Array> = chunks.iter().map(|b| b[c].as_ref()).collect();
                 columns.push(interleave(&arrays, &at).map_err(internal)?);
             }
         }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use datafusion::execution::context::SessionState;
 use datafusion::physical_plan::execute_stream;
+use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -186,7 +187,19 @@ impl Driver {
     pub(crate) async fn run(self) {
         let shared = self.shared.clone();
         let span = tracing::info_span!("query", name = %shared.label(), id = %shared.id);
-        let result = self.run_loop().instrument(span).await;
+        // A panic in the engine fails the query like any error: waiting callers are told, never
+        // left waiting for a loop that is gone.
+        let result = std::panic::AssertUnwindSafe(self.run_loop().instrument(span))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                Err(Error::Internal(format!("the query's loop panicked: {message}")))
+            });
         let outcome = match result {
             Ok(()) => {
                 shared.set_status("Stopped", false, false);
