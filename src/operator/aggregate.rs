@@ -24,7 +24,7 @@ use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema, outp
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::file::{Buckets, file_schema, state_rows};
-use crate::state::groups::{Aggregates, Merged, TableView};
+use crate::state::groups::{Aggregates, Merged, snapshot_of_buckets};
 use crate::state::store::SnapshotJob;
 use crate::state::{GroupTable, StateFile};
 use crate::time::to_nanos;
@@ -211,16 +211,7 @@ impl StatefulOperator for StatefulAggregate {
     }
 
     fn snapshot(&self) -> SnapshotJob {
-        let views: Vec<(i64, TableView)> = self.buckets.iter().map(|(end, table)| (*end, table.view())).collect();
-        let schema = self.file_schema.clone();
-        Box::new(move || {
-            let parts = views
-                .into_iter()
-                .map(|(end, view)| state_rows(&schema, end, 0..view.len(), view.columns()?))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = concat_batches(&schema, &parts).map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
-            Ok(StateFile::snapshot(rows))
-        })
+        snapshot_of_buckets(&self.buckets, &self.file_schema)
     }
 
     fn restore(&mut self, state: &StateFile) -> Result<()> {

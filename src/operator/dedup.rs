@@ -26,7 +26,7 @@ use super::{Emitted, OperatorMetrics, StatefulOperator, check_state_schema};
 use crate::error::{Error, Result};
 use crate::sink::OutputMode;
 use crate::state::file::{Buckets, file_schema, state_rows};
-use crate::state::groups::TableView;
+use crate::state::groups::snapshot_of_buckets;
 use crate::state::store::SnapshotJob;
 use crate::state::{GroupTable, StateFile};
 use crate::time::to_nanos;
@@ -255,16 +255,7 @@ impl StatefulOperator for Deduplicate {
     }
 
     fn snapshot(&self) -> SnapshotJob {
-        let views: Vec<(i64, TableView)> = self.buckets.iter().map(|(t, table)| (*t, table.view())).collect();
-        let schema = self.file_schema.clone();
-        Box::new(move || {
-            let parts = views
-                .into_iter()
-                .map(|(bucket, view)| state_rows(&schema, bucket, 0..view.len(), view.columns()?))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = concat_batches(&schema, &parts).map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
-            Ok(StateFile::snapshot(rows))
-        })
+        snapshot_of_buckets(&self.buckets, &self.file_schema)
     }
 
     fn restore(&mut self, state: &StateFile) -> Result<()> {

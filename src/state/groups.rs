@@ -389,3 +389,23 @@ pub(crate) fn gather(chunks: &[RecordBatch], at: &[(usize, usize)], schema: &Sch
         })
         .collect()
 }
+
+/// Work that makes a snapshot of `buckets` of group tables later (see
+/// [`SnapshotJob`](crate::state::store::SnapshotJob)): each bucket's groups in slot order, as rows
+/// of `schema` (bucket, slot, keys, states). Only the tables' views are taken now.
+pub(crate) fn snapshot_of_buckets(
+    buckets: &std::collections::BTreeMap<i64, GroupTable>,
+    schema: &SchemaRef,
+) -> crate::state::store::SnapshotJob {
+    let views: Vec<(i64, TableView)> = buckets.iter().map(|(bucket, table)| (*bucket, table.view())).collect();
+    let schema = schema.clone();
+    Box::new(move || {
+        let parts = views
+            .into_iter()
+            .map(|(bucket, view)| crate::state::file::state_rows(&schema, bucket, 0..view.len(), view.columns()?))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = datafusion::arrow::compute::concat_batches(&schema, &parts)
+            .map_err(|e| Error::Internal(format!("state snapshot: {e}")))?;
+        Ok(crate::state::StateFile::snapshot(rows))
+    })
+}
