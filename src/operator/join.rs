@@ -298,9 +298,12 @@ impl StreamJoin {
                 .get_mut(bucket)
                 .ok_or_else(|| Error::Internal("a joined row's bucket is gone".into()))?
                 .matched[*slot as usize];
+            // Only outer and semi joins read the flags again: an inner join's are not written.
             if !*flag {
                 *flag = true;
-                self.changed.push((other, *bucket, *slot));
+                if self.spec.kind != JoinKind::Inner {
+                    self.changed.push((other, *bucket, *slot));
+                }
             }
         }
         let rows = filter_record_batch(&joined, &BooleanArray::from(emit))
