@@ -118,3 +118,49 @@ async fn an_endless_watermarked_join_keeps_its_state_bounded() {
     assert_eq!(rows, ["10|20"]);
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn available_now_ends_with_the_batch_that_emits_the_closed_unmatched_rows_of_an_outer_join() {
+    let (shown, clicked) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    crate::common::drop_file(
+        shown.path(),
+        "a.json",
+        b"{\"ad\": 1, \"time\": \"2026-01-01T10:00:00\"}\n{\"ad\": 2, \"time\": \"2026-01-01T10:05:00\"}\n\
+          {\"ad\": 9, \"time\": \"2026-01-01T11:00:00\"}\n",
+    );
+    crate::common::drop_file(
+        clicked.path(),
+        "a.json",
+        b"{\"ad\": 1, \"time\": \"2026-01-01T10:02:00\"}\n{\"ad\": 3, \"time\": \"2026-01-01T10:50:00\"}\n\
+          {\"ad\": 9, \"time\": \"2026-01-01T11:00:00\"}\n",
+    );
+    let session = StreamingSession::new();
+    let query = start(
+        &session,
+        &format!(
+            "CREATE TABLE impressions (ad INT, time TIMESTAMP, WATERMARK FOR time AS time - INTERVAL '5' MINUTE)
+               WITH (connector = 'files', format = 'json', path = '{}');
+             CREATE TABLE clicks (ad INT, time TIMESTAMP, WATERMARK FOR time AS time - INTERVAL '5' MINUTE)
+               WITH (connector = 'files', format = 'json', path = '{}');
+             CREATE TABLE matched WITH (connector = 'memory', output_mode = 'append', trigger = 'available_now');
+             INSERT INTO matched SELECT i.ad, CAST(i.time AS VARCHAR) AS shown, CAST(c.time AS VARCHAR) AS clicked
+             FROM impressions i LEFT JOIN clicks c ON c.ad = i.ad AND c.time BETWEEN i.time AND i.time + INTERVAL '10' MINUTE",
+            shown.path().display(),
+            clicked.path().display()
+        ),
+    )
+    .await;
+    assert!(query.await_termination(None).await.unwrap());
+    // One batch reads everything; the watermark it leaves (10:55) closes the ranges of the
+    // impressions of 10:00 and 10:05, and the last batch, without new rows, emits ad 2's.
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM matched ORDER BY shown").await,
+        [
+            "1|2026-01-01T10:00:00|2026-01-01T10:02:00",
+            "2|2026-01-01T10:05:00|NULL",
+            "9|2026-01-01T11:00:00|2026-01-01T11:00:00"
+        ]
+    );
+    let batches = query.recent_progress().len();
+    assert_eq!(batches, 2, "{:?}", query.recent_progress());
+}
