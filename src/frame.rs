@@ -6,7 +6,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::DFSchema;
 use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan};
 
 use std::sync::Arc;
 
@@ -299,6 +299,14 @@ impl StreamingDataFrame {
                 Ok(Expr::Column(field.into()))
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?)
+    }
+
+    /// Joins this frame with `right` (a stream or a static table's frame) on `on`, as
+    /// `DataFrame::join_on` does: equalities between the two sides and, for a join of two
+    /// streams, the time range between their watermarked time columns that lets the state go
+    /// (see the README's joins of two streams).
+    pub fn join(self, right: StreamingDataFrame, join_type: JoinType, on: Vec<Expr>) -> Result<Self> {
+        self.map(|df| df.join_on(right.df, join_type, on))
     }
 
     /// Rows of both frames (`UNION ALL`).

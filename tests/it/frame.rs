@@ -241,3 +241,72 @@ async fn drop_duplicates_within_watermark_forgets_a_key_once_the_watermark_passe
     );
     query.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_streams_joined_from_the_dataframe_api() {
+    use tidewater::datafusion::prelude::JoinType;
+    let session = StreamingSession::new();
+    session
+        .run_script(
+            "CREATE TABLE shown (ad INT, time TIMESTAMP, WATERMARK FOR time AS time - INTERVAL '5' MINUTE)
+               WITH (connector = 'memory');
+             CREATE TABLE clicked (ad INT, time TIMESTAMP, WATERMARK FOR time AS time - INTERVAL '5' MINUTE)
+               WITH (connector = 'memory');",
+        )
+        .await
+        .unwrap();
+    let shown = session.stream("shown").await.unwrap();
+    let clicked = session.stream("clicked").await.unwrap();
+    let within = col("clicked.time")
+        .gt_eq(col("shown.time"))
+        .and(col("clicked.time").lt_eq(
+            col("shown.time")
+                + lit(tidewater::datafusion::scalar::ScalarValue::new_interval_mdn(
+                    0,
+                    0,
+                    600_000_000_000,
+                )),
+        ));
+    let query = shown
+        .join(
+            clicked,
+            JoinType::Inner,
+            vec![col("shown.ad").eq(col("clicked.ad")), within],
+        )
+        .unwrap()
+        .select(vec![col("shown.ad"), col("clicked.time").alias("clicked")])
+        .unwrap()
+        .write_stream()
+        .format("memory")
+        .query_name("clicks_of_ads")
+        .start()
+        .await
+        .unwrap();
+    crate::common::push_json(
+        &session,
+        "shown",
+        &[
+            r#"{"ad": 1, "time": "2026-01-01T10:00:00"}"#,
+            r#"{"ad": 2, "time": "2026-01-01T10:00:00"}"#,
+        ],
+    );
+    crate::common::push_json(
+        &session,
+        "clicked",
+        &[
+            r#"{"ad": 1, "time": "2026-01-01T10:04:00"}"#,
+            r#"{"ad": 2, "time": "2026-01-01T10:20:00"}"#,
+        ],
+    );
+    query.process_all_available().await.unwrap();
+    assert_eq!(
+        query_rows(&session, "SELECT * FROM clicks_of_ads").await,
+        ["1|2026-01-01T10:04:00"]
+    );
+    assert!(
+        query.explain().contains("StreamJoin: inner join of shown and clicked"),
+        "{}",
+        query.explain()
+    );
+    query.stop().await.unwrap();
+}
