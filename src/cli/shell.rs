@@ -122,7 +122,15 @@ impl Shell {
     /// Runs one statement and prints what it gave: rows as a table, a started query's name and
     /// id, or its error (`file` says where the statement comes from, for the error's position).
     async fn execute(&mut self, statement: &Statement, file: Option<&Path>, interrupts: &mut Interrupts) -> Ran {
+        let ran = self.run_statement(statement, file, interrupts).await;
+        // A Ctrl-C that came too late for this statement (or twice) is not meant for the next
+        // one. Earlier ones are not forgotten here: one pressed right after Enter, before the
+        // statement started, is meant for it (at the prompt the editor reads Ctrl-C as a key).
         interrupts.forget_earlier();
+        ran
+    }
+
+    async fn run_statement(&mut self, statement: &Statement, file: Option<&Path>, interrupts: &mut Interrupts) -> Ran {
         let session = self.session.clone();
         let work = async {
             let outcomes = session.run_script(&statement.text).await.map_err(without_position)?;
