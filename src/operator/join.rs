@@ -135,12 +135,56 @@ impl Bucket {
     }
 }
 
+/// The rows of one key, `(bucket, position)`: most keys have one, held without an allocation.
+#[derive(Debug)]
+enum KeyRows {
+    One((i64, u32)),
+    Many(Vec<(i64, u32)>),
+}
+
+impl KeyRows {
+    fn as_slice(&self) -> &[(i64, u32)] {
+        match self {
+            KeyRows::One(at) => std::slice::from_ref(at),
+            KeyRows::Many(all) => all,
+        }
+    }
+
+    fn push(&mut self, at: (i64, u32)) {
+        match self {
+            KeyRows::One(first) => *self = KeyRows::Many(vec![*first, at]),
+            KeyRows::Many(all) => all.push(at),
+        }
+    }
+
+    /// Drops the rows of `bucket`; says whether any are left.
+    fn leave(&mut self, bucket: i64) -> bool {
+        match self {
+            KeyRows::One((b, _)) => *b != bucket,
+            KeyRows::Many(all) => {
+                all.retain(|(b, _)| *b != bucket);
+                !all.is_empty()
+            }
+        }
+    }
+}
+
+/// Adds `at` to the rows of `key`.
+fn index_row(index: &mut HashMap<OwnedRow, KeyRows>, key: OwnedRow, at: (i64, u32)) {
+    match index.entry(key) {
+        datafusion::common::hash_map::Entry::Occupied(mut rows) => rows.get_mut().push(at),
+        datafusion::common::hash_map::Entry::Vacant(slot) => {
+            slot.insert(KeyRows::One(at));
+        }
+    }
+}
+
 /// One side's state.
 #[derive(Debug, Default)]
 struct Side {
     buckets: BTreeMap<i64, Bucket>,
-    /// Rows by key: `(bucket, slot)`. Rows with a null key match nothing and are not here.
-    index: HashMap<OwnedRow, Vec<(i64, u32)>>,
+    /// Rows by key: `(bucket, position)`. Rows with a null key match nothing and are not here.
+    index: HashMap<OwnedRow, KeyRows>,
 }
 
 impl Side {
@@ -232,7 +276,12 @@ impl StreamJoin {
         let mut pairs: Vec<(u32, i64, u32)> = Vec::new();
         for (row, key) in keys.iter().enumerate() {
             if let Some(found) = key.as_ref().and_then(|k| self.sides[other].index.get(k)) {
-                pairs.extend(found.iter().map(|(bucket, slot)| (row as u32, *bucket, *slot)));
+                pairs.extend(
+                    found
+                        .as_slice()
+                        .iter()
+                        .map(|(bucket, slot)| (row as u32, *bucket, *slot)),
+                );
             }
         }
         let mut matched = vec![false; batch.num_rows()];
@@ -342,7 +391,7 @@ impl StreamJoin {
         &mut self,
         side: usize,
         batch: &RecordBatch,
-        keys: Vec<Option<OwnedRow>>,
+        mut keys: Vec<Option<OwnedRow>>,
         leave: &[i64],
         matched: &[bool],
     ) -> Result<u64> {
@@ -365,12 +414,8 @@ impl StreamJoin {
                 .push(taken, &flags, slots);
             for (i, row) in rows.iter().enumerate() {
                 let slot = first + i as u32;
-                if let Some(key) = &keys[*row as usize] {
-                    self.sides[side]
-                        .index
-                        .entry(key.clone())
-                        .or_default()
-                        .push((bucket, slot));
+                if let Some(key) = keys[*row as usize].take() {
+                    index_row(&mut self.sides[side].index, key, (bucket, slot));
                 }
                 self.changed.push((side, bucket, slot));
             }
@@ -395,11 +440,10 @@ impl StreamJoin {
             for chunk in &rows.chunks {
                 for key in self.keys(side, chunk)?.into_iter().flatten() {
                     let index = &mut self.sides[side].index;
-                    if let Some(found) = index.get_mut(&key) {
-                        found.retain(|(b, _)| *b != bucket);
-                        if found.is_empty() {
-                            index.remove(&key);
-                        }
+                    if let Some(found) = index.get_mut(&key)
+                        && !found.leave(bucket)
+                    {
+                        index.remove(&key);
                     }
                 }
             }
@@ -622,7 +666,7 @@ impl StatefulOperator for StreamJoin {
             let held = self.sides[side].buckets.entry(bucket).or_default();
             let at = held.push(one, &[flags.value(r)], slot..slot + 1);
             if let Some(key) = keys.into_iter().next().flatten() {
-                self.sides[side].index.entry(key).or_default().push((bucket, at));
+                index_row(&mut self.sides[side].index, key, (bucket, at));
             }
         }
         Ok(())
